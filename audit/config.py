@@ -1,0 +1,151 @@
+"""Typed run configuration, built from defaults, an optional YAML file and command-line flags."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from audit.errors import AuditError
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "adagrad")
+SCHEDULES = ("none", "step", "cosine", "onecycle")
+COMPRESSIONS = ("quantize", "prune")
+
+
+@dataclass(frozen=True)
+class CliOption:
+    """One command-line option a plugin adds: argparse flags and keyword arguments."""
+
+    flags: tuple[str, ...]
+    kwargs: dict[str, Any]
+    commands: tuple[str, ...] = ("train", "evaluate")
+
+    @property
+    def dest(self) -> str:
+        """The option's name in ``RunConfig.options``."""
+        return self.kwargs.get("dest") or self.flags[0].lstrip("-").replace("-", "_")
+
+
+@dataclass
+class RunConfig:
+    """Everything one run needs; plugin options live in ``options``."""
+
+    command: str = "train"
+    data: str = "adult"
+    target: str | None = None
+    sensitive: list[str] = field(default_factory=list)
+    categorical: list[str] = field(default_factory=list)
+    numeric: list[str] = field(default_factory=list)
+    drop_columns: list[str] = field(default_factory=list)
+    drop_sensitive: bool = False
+    positive_label: str | None = None
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    model: str = "auto"
+    model_path: str | None = None
+    hidden: list[int] = field(default_factory=lambda: [128, 64])
+    channels: list[int] = field(default_factory=lambda: [16, 32])
+    dropout: float = 0.1
+    epochs: int = 10
+    batch_size: int = 256
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "none"
+    warmup_epochs: float = 0.0
+    step_size: int = 5
+    gamma: float = 0.5
+    label_smoothing: float = 0.0
+    grad_clip: float | None = None
+    patience: int | None = 3
+    seed: int = 0
+    device: str = "auto"
+    compile: bool = False
+    compress: list[str] = field(default_factory=list)
+    out: str | None = None
+    quiet: bool = False
+    config_file: str | None = None
+    policy: str | None = None
+    command_line: list[str] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def option(self, name: str, default: Any = None) -> Any:
+        """Return a plugin option by its ``dest`` name."""
+        return self.options.get(name, default)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the configuration as JSON-able data."""
+        return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        """Raise AuditError for a value no run can use."""
+        if self.epochs < 1:
+            raise AuditError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise AuditError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise AuditError(f"--lr must be positive, got {self.lr}")
+        if self.optimizer not in OPTIMIZERS:
+            raise AuditError(f"--optimizer {self.optimizer!r} is unknown; expected one of {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise AuditError(f"--schedule {self.schedule!r} is unknown; expected one of {', '.join(SCHEDULES)}")
+        unknown = [c for c in self.compress if c not in COMPRESSIONS]
+        if unknown:
+            raise AuditError(f"--compress {','.join(unknown)!r} is unknown; expected a list of {', '.join(COMPRESSIONS)}")
+        if not 0 <= self.dropout < 1:
+            raise AuditError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if not 0 <= self.label_smoothing < 1:
+            raise AuditError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        for name in ("val_fraction", "test_fraction"):
+            value = getattr(self, name)
+            if not 0 < value < 0.5:
+                raise AuditError(f"--{name.replace('_', '-')} must be in (0, 0.5), got {value}")
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise AuditError(f"--device {self.device!r} is unknown; expected auto, cpu or cuda[:N]")
+        if self.device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise AuditError(f"--device {self.device} was asked for, but CUDA is not available here; use --device cpu")
+
+
+FIELD_NAMES = {f.name for f in dataclasses.fields(RunConfig)}
+
+
+def load_yaml_config(path: str) -> dict[str, Any]:
+    """Read a YAML run configuration: a mapping of option names (as the flags, dashes or underscores)."""
+    file = Path(path)
+    if not file.is_file():
+        raise AuditError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise AuditError(f"config file {path} is not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise AuditError(f"config file {path} must hold a mapping of option: value, got {type(data).__name__}")
+    return {str(key).replace("-", "_"): value for key, value in data.items()}
+
+
+def build_config(values: dict[str, Any], plugin_options: dict[str, CliOption]) -> RunConfig:
+    """Build a RunConfig from merged option values; plugin options go to ``options``."""
+    core: dict[str, Any] = {}
+    options: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in FIELD_NAMES:
+            core[key] = value
+        elif key in plugin_options:
+            options[key] = value
+        else:
+            raise AuditError(f"option {key!r} is unknown; expected a flag of 'audit train --help'")
+    config = RunConfig(**core, options=options)
+    config.validate()
+    return config

@@ -1,0 +1,45 @@
+"""HTML rendering of a report dict: one self-contained page (inline CSS and SVG, no network)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jinja2
+
+from audit.render.svg import render_figure
+
+_ENV = jinja2.Environment(loader=jinja2.PackageLoader("audit.render", ""), autoescape=jinja2.select_autoescape(["html", "j2"]))
+
+
+def format_value(value: Any) -> str:
+    """Numbers to 4 significant digits (integers whole); None as an em dash."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e6 else f"{value:.4e}"
+    return str(value)
+
+
+def provenance_rows(run: dict[str, Any]) -> list[tuple[str, str]]:
+    """Flatten the checkable facts of ``run`` into (name, value) rows."""
+    rows = [("data SHA-256", run.get("data", {}).get("sha256", "")), ("model SHA-256", run.get("model_sha256", "")),
+            ("config SHA-256", run.get("config_sha256", "")), ("seed", run.get("seed", "")),
+            ("command line", run.get("command_line", ""))]
+    if run.get("policy_sha256"):
+        rows.append(("policy SHA-256", run["policy_sha256"]))
+    rows += [(f"version: {k}", v) for k, v in sorted(run.get("versions", {}).items())]
+    return [(k, str(v)) for k, v in rows]
+
+
+def render_html(report: dict[str, Any]) -> str:
+    """Return the report page for a report dict (as read from report.json)."""
+    sections = [dict(s, figures=s.get("figures", []), tables=s.get("tables", [])) for s in report.get("sections", [])]
+    gate = next((s for s in sections if s["name"] == "gate"), None)
+    gate_info = {"passed": report["metrics"].get("gate.passed") == 1} if gate else None
+    return _ENV.get_template("report.html.j2").render(
+        run=report.get("run", {}), metrics=report["metrics"], sections=sections, fmt=format_value, svg=render_figure,
+        provenance=provenance_rows(report.get("run", {})), content_sha256=report.get("content_sha256", ""), gate=gate_info)

@@ -1,0 +1,31 @@
+"""Markdown rendering of a report dict, for a pull request or a compliance file."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from audit.render.html import format_value, provenance_rows
+
+
+def _table(columns: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(str(c) for c in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(format_value(v).replace("|", "\\|") for v in row) + " |" for row in rows]
+    return lines
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """Return the report as Markdown: metrics, then each section's warnings, notes and tables."""
+    run = report.get("run", {})
+    lines = ["# rai-audit report", "",
+             f"Data `{run.get('data', {}).get('name', '?')}`, seed {run.get('seed')}, device {run.get('device')}, "
+             f"started {run.get('started_at')}.", "", f"Command: `{run.get('command_line', '')}`", "", "## Metrics", ""]
+    lines += _table(["metric", "value"], [[k, v] for k, v in report["metrics"].items()])
+    for s in report.get("sections", []):
+        lines += ["", f"## {s['title']}", ""]
+        lines += [f"> **Warning:** {w}" for w in s.get("warnings", [])]
+        lines += [f"- {n}" for n in s.get("notes", [])]
+        for t in s.get("tables", []):
+            lines += ["", f"### {t['title']}", ""] + _table(t["columns"], t["rows"])
+    lines += ["", "## Provenance", ""] + _table(["fact", "value"], [list(r) for r in provenance_rows(run)])
+    lines += ["", f"Report content SHA-256: `{report.get('content_sha256', '')}`", ""]
+    return "\n".join(lines)

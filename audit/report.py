@@ -1,0 +1,181 @@
+"""The report's data model: one flat metrics map plus a section per producer; JSON in and out."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from audit.errors import AuditError
+
+SCHEMA_VERSION = "1.0"
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """Declares a metric (or a family, by glob pattern): direction, unit, meaning, regulatory tags."""
+
+    name: str
+    higher_is_better: bool | None
+    unit: str
+    description: str
+    tags: tuple[str, ...] = ()
+
+
+@dataclass
+class Table:
+    """A titled table: column names and rows of plain values."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[Any]]
+
+
+@dataclass
+class Series:
+    """One line or bar set of a figure; ``low``/``high`` are optional interval bounds."""
+
+    name: str
+    x: list[Any]
+    y: list[float | None]
+    low: list[float | None] | None = None
+    high: list[float | None] | None = None
+
+
+@dataclass
+class Figure:
+    """Figure data (not pixels): the renderers draw it."""
+
+    title: str
+    kind: str  # "line" or "bar"
+    x_label: str
+    y_label: str
+    series: list[Series]
+
+
+@dataclass
+class Section:
+    """One producer's part of the report."""
+
+    name: str
+    title: str
+    metrics: dict[str, float | None] = field(default_factory=dict)
+    tables: list[Table] = field(default_factory=list)
+    figures: list[Figure] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def add_metric(self, name: str, value: float | None) -> None:
+        """Add ``<section>.<name>``."""
+        self.metrics[f"{self.name}.{name}"] = clean_number(value)
+
+
+@dataclass
+class Report:
+    """The single source of truth of a run."""
+
+    run: dict[str, Any]
+    metrics: dict[str, float | None] = field(default_factory=dict)
+    sections: list[Section] = field(default_factory=list)
+    schema_version: str = SCHEMA_VERSION
+
+    def add_section(self, section: Section) -> None:
+        """Append a section and merge its metrics into the flat map (names must be new and prefixed)."""
+        for name, value in section.metrics.items():
+            if not name.startswith(section.name + "."):
+                raise ValueError(f"metric {name!r} of section {section.name!r} must start with '{section.name}.'")
+            if name in self.metrics:
+                raise ValueError(f"metric {name!r} is produced twice")
+            self.metrics[name] = clean_number(value)
+        self.sections.append(section)
+
+    def section(self, name: str) -> Section | None:
+        """The section called ``name``, if any."""
+        return next((s for s in self.sections if s.name == name), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form, with ``content_sha256`` over everything else."""
+        body = {"schema_version": self.schema_version, "run": self.run, "metrics": self.metrics,
+                "sections": [_clean(dataclasses.asdict(s)) for s in self.sections]}
+        body = _clean(body)
+        body["content_sha256"] = content_digest(body)
+        return body
+
+    def to_json(self) -> str:
+        """Serialised JSON text."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Report":
+        """Rebuild from ``to_dict``'s output."""
+        sections = []
+        for s in data.get("sections", []):
+            figures = [Figure(**{**f, "series": [Series(**se) for se in f["series"]]}) for f in s.get("figures", [])]
+            tables = [Table(**t) for t in s.get("tables", [])]
+            sections.append(Section(**{**s, "tables": tables, "figures": figures}))
+        return cls(run=data.get("run", {}), metrics=dict(data.get("metrics", {})), sections=sections,
+                   schema_version=data.get("schema_version", SCHEMA_VERSION))
+
+
+def content_digest(body: dict[str, Any]) -> str:
+    """SHA-256 over the canonical JSON of a report body, ignoring its own ``content_sha256``."""
+    payload = {k: v for k, v in body.items() if k != "content_sha256"}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def clean_number(value: Any) -> float | int | None:
+    """A finite number as float/int; NaN, Inf and None as None (JSON has no NaN)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _clean(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if hasattr(obj, "item") and callable(obj.item):  # numpy / torch scalars
+        return _clean(obj.item())
+    return obj
+
+
+def read_report(path: str) -> dict[str, Any]:
+    """Load report.json, with one clear line when it is unusable."""
+    file = Path(path)
+    if not file.is_file():
+        raise AuditError(f"report {path} does not exist")
+    try:
+        data = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise AuditError(f"report {path} is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc}); expected a report.json from 'audit train'") from None
+    if not isinstance(data, dict) or "metrics" not in data or not isinstance(data["metrics"], dict):
+        raise AuditError(f"report {path} has no 'metrics' map; expected a report.json from 'audit train'")
+    return data
+
+
+def write_atomic(path: Path, content: str | bytes) -> None:
+    """Write to a temporary file beside ``path`` and rename it, so no reader sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = "wb" if isinstance(content, bytes) else "w"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as handle:
+            handle.write(content)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,1 @@
+"""privacy plugin (being built)."""

@@ -1,0 +1,1 @@
+"""robustness plugin (being built)."""
