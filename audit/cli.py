@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from audit import __version__
-from audit.config import COMPRESSIONS, OPTIMIZERS, SCHEDULES, CliOption, build_config, load_yaml_config
+from audit.config import COMPRESSIONS, OPTIMIZERS, SCHEDULES, CliOption, Command, build_config, load_yaml_config
 from audit.errors import AuditError
 
 EXIT_OK, EXIT_GATE_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -77,7 +77,7 @@ def _add_training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true", default=S, help="torch.compile the model")
 
 
-def build_parser(plugin_options: list[CliOption]) -> argparse.ArgumentParser:
+def build_parser(plugin_options: list[CliOption], commands: list[Command] = ()) -> argparse.ArgumentParser:
     """The full parser: core subcommands plus every plugin's options."""
     parser = _Parser(prog="audit", description="Train a PyTorch model and audit privacy, fairness, robustness and efficiency in one report.")
     parser.add_argument("--version", action="version", version=f"rai-audit {__version__}")
@@ -101,6 +101,10 @@ def build_parser(plugin_options: list[CliOption]) -> argparse.ArgumentParser:
     from audit import gate_cli
 
     gate_cli.add_subcommands(sub)
+    for command in commands:
+        if command.name in sub.choices:
+            raise AuditError(f"two plugins provide the subcommand {command.name!r}")
+        command.add_arguments(sub.add_parser(command.name, help=command.help))
     return parser
 
 
@@ -131,7 +135,8 @@ def _run(argv: Sequence[str]) -> int:
 
     pm = get_plugin_manager()
     plugin_options = [o for group in pm.hook.audit_cli_options() for o in (group or [])]
-    parser = build_parser(plugin_options)
+    commands = [c for group in pm.hook.audit_commands() for c in (group or [])]
+    parser = build_parser(plugin_options, commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.cmd in ("train", "evaluate"):
@@ -155,6 +160,9 @@ def _run(argv: Sequence[str]) -> int:
         for row in describe_plugins(pm):
             print(f"{row['name']:<12} {row['distribution']} {row['version']}  hooks: {', '.join(row['hooks'])}")
         return EXIT_OK
+    plugin_command = next((c for c in commands if c.name == args.cmd), None)
+    if plugin_command is not None:
+        return plugin_command.run(args)
     from audit import gate_cli
 
     return gate_cli.dispatch(args, pm)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -28,6 +28,16 @@ class CliOption:
     def dest(self) -> str:
         """The option's name in ``RunConfig.options``."""
         return self.kwargs.get("dest") or self.flags[0].lstrip("-").replace("-", "_")
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand a plugin adds: its arguments and the function that runs it (returns an exit code)."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[Any], None]
+    run: Callable[[Any], int]
 
 
 @dataclass

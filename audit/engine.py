@@ -46,6 +46,15 @@ class PoissonBatches:
             yield torch.nonzero(torch.rand(self.num_rows, generator=generator) < self.sample_rate).squeeze(1)
 
 
+@dataclass(frozen=True)
+class DataUse:
+    """A data-dependent step outside the optimizer (e.g. reweighting counts); ``epsilon`` None means not privatised."""
+
+    name: str
+    description: str
+    epsilon: float | None = None
+
+
 @dataclass
 class TrainingSetup:
     """Everything the loop uses. Plugins edit it in ``audit_prepare_training`` before the first step."""
@@ -68,6 +77,7 @@ class TrainingSetup:
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     artifacts: dict[str, Any] = field(default_factory=dict)
+    data_uses: list[DataUse] = field(default_factory=list)
 
 
 @dataclass

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from audit.config import CliOption, RunConfig
+    from audit.config import CliOption, Command, RunConfig
     from audit.engine import EpochState, TrainingSetup
     from audit.evaluation import EvalContext
     from audit.report import MetricSpec, Section
@@ -30,6 +30,14 @@ def audit_cli_options() -> list[CliOption]:
 
     Called once while the parser is built. Results from all plugins are concatenated;
     two plugins declaring the same flag is an error at start-up.
+    """
+
+
+@hookspec
+def audit_commands() -> list[Command]:
+    """Return extra subcommands (e.g. ``audit decisions``) this plugin provides.
+
+    Results are concatenated; a name already taken is an error at start-up.
     """
 
 

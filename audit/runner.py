@@ -99,6 +99,20 @@ def build_setup(config: RunConfig, dataset: Dataset, device: torch.device, gener
     )
 
 
+def train_variant(config: RunConfig, dataset: Dataset, *, device: torch.device | None = None,
+                  sample_weights: torch.Tensor | None = None) -> tuple[nn.Module, TrainResult]:
+    """Train the run's model again with no plugins (a baseline to compare a mitigation against)."""
+    device = device or resolve_device(config.device)
+    generator = seed_everything(config.seed)
+    spec = model_spec(name=config.model, input_shape=dataset.input_shape, num_classes=dataset.num_classes,
+                      hidden=config.hidden, channels=config.channels, dropout=config.dropout)
+    setup = build_setup(config, dataset, device, generator, spec)
+    setup.sample_weights = sample_weights
+    attach_scheduler(setup)
+    result = train(setup, progress=False)
+    return setup.base_model.eval(), result
+
+
 def efficiency_section(model: nn.Module, dataset: Dataset, device: torch.device, config: RunConfig,
                        result: TrainResult | None) -> Section:
     """Training cost, memory, size, FLOPs, latency, and compression when asked."""
