@@ -62,7 +62,7 @@ class RunConfig:
     dropout: float = 0.1
     epochs: int = 10
     batch_size: int = 256
-    lr: float = 1e-3
+    lr: float | None = None  # None: 1e-3, or a plugin's default (DP-SGD: 3e-3)
     optimizer: str = "adam"
     momentum: float = 0.9
     weight_decay: float = 0.0
@@ -92,13 +92,18 @@ class RunConfig:
         """Return the configuration as JSON-able data."""
         return dataclasses.asdict(self)
 
+    def resolve_defaults(self) -> None:
+        """Fill defaults that plugins may have set first (called after ``audit_configure``)."""
+        if self.lr is None:
+            self.lr = 1e-3
+
     def validate(self) -> None:
         """Raise AuditError for a value no run can use."""
         if self.epochs < 1:
             raise AuditError(f"--epochs must be at least 1, got {self.epochs}")
         if self.batch_size < 1:
             raise AuditError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if not self.lr > 0:
+        if self.lr is not None and not self.lr > 0:
             raise AuditError(f"--lr must be positive, got {self.lr}")
         if self.optimizer not in OPTIMIZERS:
             raise AuditError(f"--optimizer {self.optimizer!r} is unknown; expected one of {', '.join(OPTIMIZERS)}")

@@ -62,6 +62,7 @@ class TrainingSetup:
     config: RunConfig
     dataset: Dataset
     base_model: nn.Module  # the model as built; wrappers (DP, compile) share its parameters
+    model_spec: dict[str, Any]  # the recipe saved in model.pt; a plugin that changes the architecture records it here
     model: nn.Module
     optimizer: torch.optim.Optimizer
     criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # returns per-sample losses
@@ -74,6 +75,7 @@ class TrainingSetup:
     grad_clip: float | None = None
     use_amp: bool = False
     track_grad_norm: bool = True
+    monitor: str = "val_loss"  # what picks the kept epoch: "val_loss" (lower) or "val_accuracy" (higher)
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     artifacts: dict[str, Any] = field(default_factory=dict)
@@ -177,7 +179,8 @@ def train(setup: TrainingSetup, *, after_epoch: Callable[[EpochState], list[dict
     steps_per_epoch = setup.batch_sampler.steps_per_epoch
     history: list[dict[str, float]] = []
     warnings: list[str] = []
-    best = (math.inf, 0, None)  # (val loss, epoch, state)
+    best = (math.inf, 0, None)  # (monitored score, lower is better; epoch; state)
+    lowest_val_loss = math.inf
     patience, stale, steps, seen, train_time, norm_baseline = config.patience, 0, 0, 0, 0.0, None
     wall_start = time.perf_counter()
     bar = tqdm(total=config.epochs * steps_per_epoch, unit="step", disable=not progress, dynamic_ncols=True, mininterval=0.5)
@@ -239,18 +242,20 @@ def train(setup: TrainingSetup, *, after_epoch: Callable[[EpochState], list[dict
             record.update(extra or {})
         history.append(record)
         bar.set_postfix(epoch=epoch, loss=f"{record['train_loss']:.4f}", val_acc=f"{val_acc:.4f}")
-        if val_loss < best[0]:
+        lowest_val_loss = min(lowest_val_loss, val_loss)
+        score = val_loss if setup.monitor == "val_loss" else -val_acc
+        if score < best[0]:
             state = {k: v.detach().clone() for k, v in setup.base_model.state_dict().items()}
-            best, stale = (val_loss, epoch, state), 0
+            best, stale = (score, epoch, state), 0
         else:
             stale += 1
         if patience is not None and stale >= patience and epoch < config.epochs:
             break
     bar.close()
-    diverging = [h for h in history if h["val_loss"] > 1.5 * best[0]]
+    diverging = [h for h in history if h["val_loss"] > 1.5 * lowest_val_loss]
     if len(diverging) >= 2 and diverging[-1]["epoch"] == history[-1]["epoch"]:
         warnings.append(f"validation loss diverged: {history[-1]['val_loss']:.4f} at epoch {history[-1]['epoch']} "
-                        f"against the best {best[0]:.4f} at epoch {best[1]}")
+                        f"against the lowest {lowest_val_loss:.4f}")
     stopped_early = len(history) < config.epochs
     if patience is not None and best[2] is not None:
         setup.base_model.load_state_dict(best[2])

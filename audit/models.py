@@ -72,6 +72,13 @@ def model_spec(*, name: str, input_shape: tuple[int, ...], num_classes: int, hid
 
 def build_model(spec: dict[str, Any]) -> nn.Module:
     """Build a model from its recipe; a user's factory gets the keyword arguments it accepts."""
+    model = _build(spec)
+    if spec.get("batchnorm_replaced"):
+        model, _ = replace_batchnorm(model)
+    return model
+
+
+def _build(spec: dict[str, Any]) -> nn.Module:
     name, kwargs = spec["name"], dict(spec["kwargs"])
     if name == "mlp":
         return MLP(**kwargs)
@@ -94,3 +101,18 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def replace_batchnorm(model: nn.Module) -> tuple[nn.Module, int]:
+    """Replace every BatchNorm with GroupNorm(min(32, C), C), as Opacus' ModuleValidator.fix does; return the count.
+
+    BatchNorm mixes samples within a batch, which per-sample gradients (DP-SGD) cannot allow.
+    """
+    replaced = 0
+    for name, child in list(model.named_children()):
+        if isinstance(child, nn.modules.batchnorm._BatchNorm):
+            setattr(model, name, nn.GroupNorm(min(32, child.num_features), child.num_features, affine=True))
+            replaced += 1
+        else:
+            replaced += replace_batchnorm(child)[1]
+    return model, replaced

@@ -91,7 +91,7 @@ def build_setup(config: RunConfig, dataset: Dataset, device: torch.device, gener
     base = build_model(spec).to(device)
     model = torch.compile(base) if config.compile else base
     return TrainingSetup(
-        config=config, dataset=dataset, base_model=base, model=model,
+        config=config, dataset=dataset, base_model=base, model_spec=spec, model=model,
         optimizer=make_optimizer(config, [p for p in base.parameters() if p.requires_grad]),
         criterion=_criterion(config.label_smoothing),
         batch_sampler=ShuffledBatches(num_rows=len(dataset.train), batch_size=config.batch_size),
@@ -212,6 +212,7 @@ def run_train(config: RunConfig, pm: pluggy.PluginManager) -> RunOutcome:
     """``audit train``: train, audit, and write the report and model."""
     started = dt.datetime.now(dt.timezone.utc)
     pm.hook.audit_configure(config=config)
+    config.resolve_defaults()
     generator = seed_everything(config.seed)
     dataset = load_dataset(config)
     device = resolve_device(config.device)
@@ -227,7 +228,7 @@ def run_train(config: RunConfig, pm: pluggy.PluginManager) -> RunOutcome:
         metadata_.update(extra or {})
     ctx = build_context(config=config, dataset=dataset, model=model, device=device, training=result,
                         artifacts=setup.artifacts, checkpoint_metadata=metadata_)
-    model_bytes = _checkpoint_bytes(spec, model, dataset, config, metadata_)
+    model_bytes = _checkpoint_bytes(setup.model_spec, model, dataset, config, metadata_)
     report = Report(run=_run_info(config, dataset, device, started))
     report.run["model_sha256"] = _sha256(model_bytes)
     perf = performance_section(ctx)
@@ -256,6 +257,7 @@ def run_evaluate(config: RunConfig, pm: pluggy.PluginManager) -> RunOutcome:
     if config.data in ("adult", "digits") and "seed" in saved:
         config.seed = saved["seed"]  # the built-in data's splits come from the training seed
     pm.hook.audit_configure(config=config)
+    config.resolve_defaults()
     seed_everything(config.seed)
     dataset = load_dataset(config, schema=schema)
     if list(dataset.input_shape) != list(schema["input_shape"]):
