@@ -75,6 +75,8 @@ class TrainingSetup:
     grad_clip: float | None = None
     use_amp: bool = False
     track_grad_norm: bool = True
+    # Applied to each training batch before the forward pass (adversarial training, augmentation).
+    batch_transform: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     monitor: str = "val_loss"  # what picks the kept epoch: "val_loss" (lower) or "val_accuracy" (higher)
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -193,6 +195,8 @@ def train(setup: TrainingSetup, *, after_epoch: Callable[[EpochState], list[dict
         for step, idx in enumerate(setup.batch_sampler(setup.generator)):
             idx = idx.to(device, non_blocking=True)
             xb, yb = X.index_select(0, idx), Y.index_select(0, idx)
+            if setup.batch_transform is not None:
+                xb = setup.batch_transform(xb, yb)
             with torch.autocast(device.type, enabled=setup.use_amp):
                 per_sample = setup.criterion(model(xb), yb)
             if W is not None:

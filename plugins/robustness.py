@@ -1,1 +1,365 @@
-"""robustness plugin (being built)."""
+"""Robustness plugin: FGSM and PGD (L-inf, L2) through torchattacks, cascaded epsilon sweeps,
+per-group robust accuracy, gradient-masking checks, and PGD adversarial training."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from audit import AuditError, hookimpl
+from audit.config import CliOption, RunConfig
+from audit.data import Dataset
+from audit.engine import TrainingSetup
+from audit.evaluation import EvalContext
+from audit.report import Figure, MetricSpec, Section, Series, Table
+
+log = logging.getLogger(__name__)
+ATTACKS = ("fgsm", "pgd", "pgd-l2")
+TAGS = ("EU AI Act Art. 15", "NIST AI RMF MEASURE 2.7")
+DEFAULT_EPS = {"tabular": [0.05, 0.1, 0.25, 0.5, 1.0], "image": [0.02, 0.05, 0.1, 0.2, 0.3]}
+TOLERANCE = 0.01  # robust-accuracy slack for the sanity checks (sampling noise of the subset)
+
+
+def _floats(value: str) -> list[float]:
+    try:
+        return [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"expected comma-separated numbers, got {value!r}") from None
+
+
+@hookimpl
+def audit_cli_options() -> list[CliOption]:
+    return [
+        CliOption(("--robustness",), dict(nargs="?", const="eval", choices=["eval", "adv-train"], default=None,
+                                          help="evaluate adversarial robustness; 'adv-train' also trains with PGD examples")),
+        CliOption(("--attack",), dict(default="fgsm,pgd", help=f"attacks, comma-separated: {', '.join(ATTACKS)} [fgsm,pgd]")),
+        CliOption(("--eps",), dict(type=_floats, default=None, help="epsilons to sweep (standardised units for tabular data, pixel units for images)")),
+        CliOption(("--pgd-steps",), dict(type=int, default=10, help="PGD steps [10]")),
+        CliOption(("--pgd-alpha",), dict(type=float, default=None, help="PGD step size as a fraction of epsilon [0.25]")),
+        CliOption(("--random-start",), dict(action="store_true", default=False, help="PGD starts from a random point in the ball")),
+        CliOption(("--robustness-samples",), dict(type=int, default=1000, help="seeded subset of test rows to attack [1000]")),
+        CliOption(("--adv-eps",), dict(type=float, default=None, help="epsilon for --robustness adv-train [the middle --eps]"), commands=("train",)),
+        CliOption(("--perturb-categorical",), dict(action="store_true", default=False,
+                                                   help="also perturb one-hot columns (off: only numeric features move)")),
+    ]
+
+
+@hookimpl
+def audit_configure(config: RunConfig) -> None:
+    mode = config.option("robustness")
+    attacks = [a.strip() for a in str(config.option("attack", "fgsm,pgd")).split(",") if a.strip()]
+    unknown = [a for a in attacks if a not in ATTACKS]
+    if unknown:
+        raise AuditError(f"--attack {','.join(unknown)!r} is unknown; expected a list of {', '.join(ATTACKS)}")
+    if not attacks:
+        raise AuditError("--attack needs at least one attack")
+    config.options["attack"] = ",".join(attacks)
+    eps = config.option("eps")
+    if eps is not None and (not eps or any(not e > 0 for e in eps)):
+        raise AuditError(f"--eps must be positive numbers, got {eps}")
+    if config.option("pgd_steps", 10) < 1:
+        raise AuditError("--pgd-steps must be at least 1")
+    if config.option("robustness_samples", 1000) < 1:
+        raise AuditError("--robustness-samples must be at least 1")
+    if mode == "adv-train":
+        if config.option("dp", False):
+            raise AuditError("--robustness adv-train cannot be combined with --dp: the attack's extra backward passes would "
+                             "pass through Opacus' per-sample gradient hooks")
+        if config.command == "evaluate":
+            raise AuditError("--robustness adv-train trains a model; use 'audit train'")
+
+
+class FeatureView(nn.Module):
+    """Maps an attack's [0, 1] view (N, 1, 1, k) of the perturbable features back to the model's input.
+
+    torchattacks clamps every example to [0, 1] and takes one scalar epsilon, so each perturbable
+    feature j is exposed as u_j = (x_j - lower_j) / scale with one common ``scale``: an epsilon of
+    e / scale in the view is exactly e in the model's (standardised) units for every feature. Values
+    stay within the training range: u >= 0 gives x >= lower, and the forward pass clamps x <= upper.
+    The other columns (one-hot categories) come from ``fixed`` unchanged.
+    """
+
+    def __init__(self, model: nn.Module, index: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("index", index)
+        self.register_buffer("lower", lower[index])
+        self.register_buffer("upper", upper[index])
+        self.scale = float((self.upper - self.lower).max().clamp_min(1e-6))
+        self.fixed: torch.Tensor | None = None
+
+    def to_view(self, x: torch.Tensor) -> torch.Tensor:
+        """The [0, 1] view of rows ``x`` (the model's input), shaped (N, 1, 1, k)."""
+        u = (x[:, self.index] - self.lower) / self.scale
+        return u.clamp(0, 1)[:, None, None, :]
+
+    def to_input(self, view: torch.Tensor) -> torch.Tensor:
+        """The model input for a view of the rows in ``self.fixed``."""
+        values = torch.minimum(self.lower + self.scale * view.flatten(1), self.upper)
+        full = self.fixed.clone()
+        full[:, self.index] = values
+        return full
+
+    def forward(self, view: torch.Tensor) -> torch.Tensor:
+        return self.model(self.to_input(view))
+
+
+@dataclass
+class AttackTarget:
+    """What an attack runs on: a module over [0, 1] inputs, those inputs, and how epsilon maps into them."""
+
+    module: nn.Module
+    inputs: torch.Tensor
+    eps_scale: float  # view epsilon = model-space epsilon / eps_scale
+    unit: str
+
+    def select(self, rows: torch.Tensor) -> torch.Tensor:
+        """The view inputs of ``rows`` (and point the feature view at their fixed columns)."""
+        if isinstance(self.module, FeatureView):
+            self.module.fixed = self.module.fixed_all[rows]
+        return self.inputs[rows]
+
+
+def attack_target(model: nn.Module, dataset: Dataset, x: torch.Tensor, *, perturb_categorical: bool) -> AttackTarget:
+    """Build the [0, 1] attack view for this data: identity for images, a FeatureView for tabular rows."""
+    if dataset.kind == "image":
+        return AttackTarget(model, x, 1.0, "pixel units in [0, 1]")
+    mask = torch.ones_like(dataset.perturbable) if perturb_categorical else dataset.perturbable
+    index = torch.nonzero(mask).squeeze(1).to(x.device)
+    if len(index) == 0:
+        raise AuditError("no feature can be perturbed: the data has no numeric columns (pass --perturb-categorical)")
+    view = FeatureView(model, index, dataset.lower.to(x.device), dataset.upper.to(x.device)).to(x.device)
+    view.fixed_all = x
+    return AttackTarget(view, view.to_view(x), view.scale, "standard deviations of each numeric feature (training split)")
+
+
+def make_attack(name: str, module: nn.Module, eps: float, *, steps: int, alpha: float, random_start: bool) -> Any:
+    """A torchattacks attack on ``module`` with epsilon already in its [0, 1] input units."""
+    import torchattacks
+
+    if name == "fgsm":
+        return torchattacks.FGSM(module, eps=eps)
+    if name == "pgd":
+        return torchattacks.PGD(module, eps=eps, alpha=alpha * eps, steps=steps, random_start=random_start)
+    return torchattacks.PGDL2(module, eps=eps, alpha=alpha * eps, steps=steps, random_start=random_start)
+
+
+@torch.no_grad()
+def _correct(module: nn.Module, inputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return module(inputs).argmax(1) == y
+
+
+def sweep(target: AttackTarget, y: torch.Tensor, attack: str, eps_list: list[float], *, steps: int, alpha: float,
+          random_start: bool, seed: int) -> dict[float, torch.Tensor]:
+    """Robust-correct mask per epsilon, cascading: a row wrong at a smaller epsilon is wrong at every larger one,
+    so each epsilon attacks only the rows still standing. Returns {eps: bool mask over rows}."""
+    rows = torch.arange(len(y), device=y.device)
+    alive = _correct(target.module, target.select(rows), y)
+    masks = {}
+    for eps in sorted(eps_list):
+        idx = torch.nonzero(alive).squeeze(1)
+        if len(idx):
+            torch.manual_seed(seed)
+            adv = make_attack(attack, target.module, eps / target.eps_scale, steps=steps, alpha=alpha, random_start=random_start)(target.select(idx), y[idx])
+            target.select(idx)
+            alive[idx[~_correct(target.module, adv, y[idx])]] = False
+        masks[eps] = alive.clone()
+    return masks
+
+
+def independent(target: AttackTarget, y: torch.Tensor, attack: str, eps_list: list[float], *, steps: int, alpha: float,
+                random_start: bool, seed: int) -> dict[float, torch.Tensor]:
+    """Robust-correct mask per epsilon with a fresh attack on every row at every epsilon (the usual way)."""
+    rows = torch.arange(len(y), device=y.device)
+    masks = {}
+    for eps in sorted(eps_list):
+        torch.manual_seed(seed)
+        inputs = target.select(rows)
+        adv = make_attack(attack, target.module, eps / target.eps_scale, steps=steps, alpha=alpha, random_start=random_start)(inputs, y)
+        target.select(rows)
+        masks[eps] = _correct(target.module, adv, y)
+    return masks
+
+
+def eps_segment(eps: float) -> str:
+    """An epsilon as one dotted segment of a metric name: 0.1 -> eps_0p1."""
+    return "eps_" + f"{eps:g}".replace("-", "m").replace(".", "p").replace("+", "")
+
+
+def curve_auc(eps_list: list[float], accuracies: list[float], clean: float) -> float:
+    """Area under accuracy against epsilon from 0 (clean) to the largest epsilon, divided by that epsilon."""
+    xs, ys = [0.0] + list(eps_list), [clean] + list(accuracies)
+    return float(np.trapezoid(ys, xs) / xs[-1]) if xs[-1] > 0 else clean
+
+
+def _eps_list(config: RunConfig, dataset: Dataset) -> list[float]:
+    return sorted(config.option("eps") or DEFAULT_EPS[dataset.kind])
+
+
+@hookimpl
+def audit_prepare_training(setup: TrainingSetup) -> None:
+    config = setup.config
+    if config.option("robustness") != "adv-train":
+        return
+    eps_list = _eps_list(config, setup.dataset)
+    eps = config.option("adv_eps") or eps_list[len(eps_list) // 2]
+    steps, alpha = config.option("pgd_steps", 10), config.option("pgd_alpha") or 0.25
+    model, dataset = setup.model, setup.dataset
+    perturb_categorical = config.option("perturb_categorical", False)
+
+    def adversarial_batch(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        target = attack_target(model, dataset, x, perturb_categorical=perturb_categorical)
+        rows = torch.arange(len(y), device=x.device)
+        adv = make_attack("pgd", target.module, eps / target.eps_scale, steps=steps, alpha=alpha, random_start=True)(target.select(rows), y)
+        target.select(rows)
+        return target.module.to_input(adv).detach() if isinstance(target.module, FeatureView) else adv.detach()
+
+    setup.batch_transform = adversarial_batch
+    setup.artifacts["robustness"] = {"adv_eps": eps, "adv_steps": steps}
+    setup.notes.append(f"adversarial training: every batch replaced by PGD-{steps} examples at epsilon {eps:g} (L-inf, random start)")
+
+
+@hookimpl
+def audit_checkpoint_metadata(setup: TrainingSetup) -> dict[str, Any] | None:
+    info = setup.artifacts.get("robustness")
+    return {"robustness": info} if info else None
+
+
+@hookimpl
+def audit_evaluate(ctx: EvalContext) -> Section | None:
+    config = ctx.config
+    if config.option("robustness") is None:
+        return None
+    data = ctx.dataset
+    attacks = config.option("attack", "fgsm,pgd").split(",")
+    eps_list = _eps_list(config, data)
+    steps, alpha, random_start = config.option("pgd_steps", 10), config.option("pgd_alpha") or 0.25, config.option("random_start", False)
+    generator = torch.Generator().manual_seed(ctx.seed + 31337)
+    n = min(len(data.test), config.option("robustness_samples", 1000))
+    rows = torch.randperm(len(data.test), generator=generator)[:n]
+    x, y = data.test.x[rows].to(ctx.device), data.test.y[rows].to(ctx.device)
+    model = ctx.model.eval()
+    target = attack_target(model, data, x, perturb_categorical=config.option("perturb_categorical", False))
+    clean_mask = _correct(target.module, target.select(torch.arange(n, device=x.device)), y)
+    clean = float(clean_mask.float().mean())
+    section = Section("robustness", "Adversarial robustness")
+    section.add_metric("clean_accuracy", clean)
+    section.add_metric("samples", n)
+    curves: dict[str, list[float]] = {}
+    masks_by_attack: dict[str, dict[float, torch.Tensor]] = {}
+    rows_table = []
+    for attack in attacks:
+        # FGSM runs fresh at every epsilon so its raw curve can reveal gradient masking; PGD cascades (exact same verdicts, less work).
+        run = independent if attack == "fgsm" else sweep
+        masks = run(target, y, attack, eps_list, steps=steps, alpha=alpha, random_start=random_start, seed=ctx.seed)
+        masks_by_attack[attack] = masks
+        accs = [float(masks[e].float().mean()) for e in eps_list]
+        curves[attack] = accs
+        for eps, acc in zip(eps_list, accs):
+            success = 1 - acc / clean if clean > 0 else 0.0
+            section.add_metric(f"{attack}.{eps_segment(eps)}.robust_accuracy", acc)
+            section.add_metric(f"{attack}.{eps_segment(eps)}.attack_success_rate", success)
+            rows_table.append([attack, eps, acc, success])
+        section.add_metric(f"{attack}.auc", curve_auc(eps_list, accs, clean))
+    section.tables.append(Table("Robust accuracy per attack and epsilon", ["attack", "epsilon", "robust accuracy", "attack success rate"], rows_table))
+    section.figures.append(Figure("Accuracy under attack", "line", f"epsilon ({target.unit})", "accuracy",
+                                  [Series(a, [0.0] + eps_list, [clean] + curves[a]) for a in attacks]))
+    _groups(ctx, section, rows, masks_by_attack, eps_list, clean_mask)
+    _sanity_checks(ctx, section, target, y, curves, eps_list, steps, alpha)
+    section.notes.append(f"epsilon is in {target.unit}; L-inf for fgsm/pgd, L2 for pgd-l2; {n} seeded test rows; "
+                         f"PGD {steps} steps of {alpha:g}*epsilon, random start {'on' if random_start else 'off'}")
+    if data.kind == "tabular":
+        section.notes.append("one-hot (categorical) columns are left unperturbed" if not config.option("perturb_categorical", False)
+                             else "one-hot columns were perturbed as continuous values (--perturb-categorical)")
+        section.notes.append("perturbed values stay within the range each feature took in the training split")
+    if config.option("robustness") == "adv-train" and ctx.training is not None:
+        _adv_baseline(ctx, section, x, y, eps_list, steps, alpha)
+    return section
+
+
+def _groups(ctx: EvalContext, section: Section, rows: torch.Tensor, masks: dict[str, dict[float, torch.Tensor]],
+            eps_list: list[float], clean_mask: torch.Tensor) -> None:
+    if not ctx.dataset.sensitive:
+        return
+    strongest = "pgd" if "pgd" in masks else next(iter(masks))
+    eps_ref = eps_list[len(eps_list) // 2]
+    robust = masks[strongest][eps_ref].cpu().numpy()
+    clean = clean_mask.cpu().numpy()
+    table, worst = [], 1.0
+    for feature in ctx.dataset.sensitive:
+        groups = ctx.dataset.test.groups[feature].to_numpy()[rows.numpy()]
+        for group in sorted(set(groups)):
+            sel = groups == group
+            acc, clean_acc = float(robust[sel].mean()), float(clean[sel].mean())
+            worst = min(worst, acc)
+            segment = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in str(group)).strip("_")
+            section.metrics[f"robustness.{feature}.{segment}.robust_accuracy"] = acc
+            table.append([feature, group, int(sel.sum()), clean_acc, acc, clean_acc - acc])
+    section.add_metric("worst_group_robust_accuracy", worst)
+    section.tables.append(Table(f"Per group: {strongest} at epsilon {eps_ref:g}", ["feature", "group", "rows", "clean accuracy", "robust accuracy", "loss"], table))
+    section.notes.append(f"worst_group_robust_accuracy: the lowest group robust accuracy under {strongest} at epsilon {eps_ref:g} (the middle epsilon)")
+
+
+def _sanity_checks(ctx: EvalContext, section: Section, target: AttackTarget, y: torch.Tensor, curves: dict[str, list[float]],
+                   eps_list: list[float], steps: int, alpha: float) -> None:
+    checks = []
+    if "fgsm" in curves and "pgd" in curves:
+        bad = [e for e, f, p in zip(eps_list, curves["fgsm"], curves["pgd"]) if p > f + TOLERANCE]
+        checks.append(["PGD leaves no more accuracy than FGSM", "fail" if bad else "pass"])
+        if bad:
+            section.warnings.append(f"PGD left more accuracy than FGSM at epsilon {bad}: a sign of gradient masking or too few PGD steps")
+    for attack, accs in curves.items():
+        rising = [e for e, a, b in zip(eps_list[1:], accs, accs[1:]) if b > a + TOLERANCE]
+        checks.append([f"{attack}: accuracy does not rise with epsilon", "fail" if rising else "pass"])
+        if rising:
+            section.warnings.append(f"{attack}: robust accuracy rose with epsilon at {rising}: a sign of gradient masking")
+    # An epsilon that covers every feature's whole range should leave about chance accuracy.
+    chance = float(torch.bincount(ctx.dataset.train.y if len(ctx.dataset.train) else ctx.test_y).max()) / max(len(ctx.dataset.train) or len(ctx.test_y), 1)
+    subset = torch.arange(min(len(y), 200), device=y.device)
+    huge = make_attack("pgd", target.module, 1.0, steps=steps, alpha=alpha, random_start=False)(target.select(subset), y[subset])
+    target.select(subset)
+    huge_acc = float(_correct(target.module, huge, y[subset]).float().mean())
+    section.add_metric("unbounded_pgd_accuracy", huge_acc)
+    near = huge_acc <= chance + 0.1
+    checks.append([f"unbounded PGD drives accuracy to chance ({chance:.2f}) or below: {huge_acc:.3f}", "pass" if near else "fail"])
+    if not near:
+        section.warnings.append(f"PGD with an epsilon covering each perturbed feature's whole range left accuracy {huge_acc:.3f} "
+                                f"(chance {chance:.3f}): gradient masking, or the decision rests on unperturbed (categorical) columns")
+    section.tables.append(Table("Sanity checks for broken evaluations", ["check", "result"], checks))
+
+
+def _adv_baseline(ctx: EvalContext, section: Section, x: torch.Tensor, y: torch.Tensor, eps_list: list[float], steps: int, alpha: float) -> None:
+    from audit.runner import train_variant
+
+    info = ctx.artifacts["robustness"]
+    eps = info["adv_eps"]
+    plain, _ = train_variant(ctx.config, ctx.dataset, device=ctx.device)
+    plain_target = attack_target(plain.eval(), ctx.dataset, x, perturb_categorical=ctx.config.option("perturb_categorical", False))
+    all_rows = torch.arange(len(y), device=y.device)
+    plain_clean = float(_correct(plain_target.module, plain_target.select(all_rows), y).float().mean())
+    plain_robust = float(sweep(plain_target, y, "pgd", [eps], steps=steps, alpha=alpha, random_start=False, seed=ctx.seed)[eps].float().mean())
+    clean = section.metrics["robustness.clean_accuracy"]
+    robust = section.metrics.get(f"robustness.pgd.{eps_segment(eps)}.robust_accuracy")
+    section.add_metric("adv_train.baseline_clean_accuracy", plain_clean)
+    section.add_metric("adv_train.baseline_pgd_robust_accuracy", plain_robust)
+    section.add_metric("adv_train.clean_accuracy_cost", plain_clean - clean)
+    section.tables.append(Table(f"Adversarial training at epsilon {eps:g}: standard vs adversarially trained",
+                                ["model", "clean accuracy", f"PGD robust accuracy at {eps:g}"],
+                                [["standard training", plain_clean, plain_robust], ["PGD adversarial training", clean, robust]]))
+
+
+@hookimpl
+def audit_metric_specs() -> list[MetricSpec]:
+    return [
+        MetricSpec("robustness.*.eps_*.robust_accuracy", True, "fraction", "Accuracy under the attack at this epsilon", TAGS),
+        MetricSpec("robustness.*.eps_*.attack_success_rate", False, "fraction", "Share of correctly classified rows the attack flips", TAGS),
+        MetricSpec("robustness.*.auc", True, "fraction", "Area under accuracy against epsilon, divided by the largest epsilon", TAGS),
+        MetricSpec("robustness.worst_group_robust_accuracy", True, "fraction", "Lowest group robust accuracy (PGD, middle epsilon)", TAGS),
+        MetricSpec("robustness.clean_accuracy", True, "fraction", "Accuracy of the attacked subset without attack", TAGS),
+        MetricSpec("robustness.adv_train.clean_accuracy_cost", False, "fraction", "Clean accuracy lost to adversarial training", TAGS),
+    ]
