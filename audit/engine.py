@@ -141,7 +141,9 @@ def attach_scheduler(setup: TrainingSetup) -> None:
 
         setup.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     elif config.schedule == "onecycle":
-        setup.scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total)
+        defaults = getattr(optimizer, "original_optimizer", optimizer).defaults
+        cycle_momentum = "momentum" in defaults or "betas" in defaults  # Adagrad has neither
+        setup.scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total, cycle_momentum=cycle_momentum)
 
 
 @torch.no_grad()

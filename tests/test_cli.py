@@ -1,0 +1,139 @@
+"""The CLI end to end: the main job, evaluate, report, plugins, and one clear line for bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import make_loans, read_report
+
+REQUIRED = ["performance.accuracy", "performance.balanced_accuracy", "performance.roc_auc", "efficiency.train_wall_s",
+            "efficiency.train_samples_per_s", "efficiency.peak_rss_mb", "efficiency.params", "efficiency.flops_per_sample",
+            "efficiency.latency_ms_p50"]
+
+
+def test_train_on_a_csv_writes_the_report_and_model(cli, loans_csv, tmp_path):
+    out = tmp_path / "run"
+    result = cli("train", "--data", loans_csv, "--target", "defaulted", "--sensitive", "sex", "--epochs", "3", "--out", out,
+                 "--compress", "quantize,prune")
+    assert result.code == 0, result.err
+    report = read_report(out)
+    for name in REQUIRED:
+        assert isinstance(report["metrics"][name], (int, float)), name
+    for name in ("model.pt", "report.html", "report.md"):
+        assert (out / name).is_file()
+    assert report["run"]["data"]["sha256"]
+    assert report["metrics"]["efficiency.quantize.size_bytes"] < report["metrics"]["efficiency.model_size_bytes"]
+    assert 0.45 < report["metrics"]["efficiency.prune.sparsity"] < 0.55
+    assert not list(out.glob(".*tmp"))
+
+
+def test_adult_defaults_reach_the_accuracy_bar(cli, tmp_path):
+    out = tmp_path / "adult"
+    assert cli("train", "--out", out, "--quiet").code == 0
+    assert read_report(out)["metrics"]["performance.accuracy"] >= 0.85
+
+
+def test_same_seed_same_metrics(cli, loans_csv, tmp_path):
+    reports = []
+    for name in ("a", "b"):
+        assert cli("train", "--data", loans_csv, "--target", "defaulted", "--epochs", "2", "--seed", "5", "--out", tmp_path / name, "-q").code == 0
+        reports.append(read_report(tmp_path / name)["metrics"])
+    assert reports[0]["performance.accuracy"] == reports[1]["performance.accuracy"]
+    assert reports[0]["performance.log_loss"] == reports[1]["performance.log_loss"]
+
+
+def test_evaluate_a_saved_model_again(cli, loans_csv, tmp_path):
+    out = tmp_path / "run"
+    assert cli("train", "--data", loans_csv, "--target", "defaulted", "--sensitive", "sex", "--epochs", "2", "--out", out, "-q").code == 0
+    other = tmp_path / "other.csv"
+    make_loans(300, seed=9).to_csv(other, index=False)
+    result = cli("evaluate", "--model", out / "model.pt", "--data", other, "--out", tmp_path / "eval", "-q")
+    assert result.code == 0, result.err
+    report = read_report(tmp_path / "eval")
+    assert report["metrics"]["performance.test_rows"] == 300
+    assert "fairness.sex.demographic_parity_difference" in report["metrics"]
+
+
+def test_evaluate_builtin_reproduces_the_test_split(cli, tmp_path):
+    out = tmp_path / "digits"
+    assert cli("train", "--data", "digits", "--epochs", "3", "--out", out, "-q").code == 0
+    assert cli("evaluate", "--model", out / "model.pt", "--data", "digits", "--out", tmp_path / "eval", "-q").code == 0
+    assert read_report(tmp_path / "eval")["metrics"]["performance.accuracy"] == read_report(out)["metrics"]["performance.accuracy"]
+
+
+def test_yaml_config_is_read_and_flags_win(cli, loans_csv, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"data: {loans_csv}\ntarget: defaulted\nepochs: 1\nhidden: [8]\nbatch-size: 32\n")
+    out = tmp_path / "run"
+    assert cli("train", "--config", config, "--epochs", "2", "--out", out, "-q").code == 0
+    run = read_report(out)["run"]["config"]
+    assert run["epochs"] == 2 and run["hidden"] == [8] and run["batch_size"] == 32
+
+
+def test_report_rerenders_from_json(cli, loans_csv, tmp_path):
+    out = tmp_path / "run"
+    assert cli("train", "--data", loans_csv, "--target", "defaulted", "--epochs", "1", "--out", out, "-q").code == 0
+    (out / "report.html").unlink()
+    assert cli("report", out / "report.json", "--format", "html").code == 0
+    assert "performance.accuracy" in (out / "report.html").read_text()
+
+
+def test_plugins_lists_the_builtins(cli):
+    result = cli("plugins")
+    for name in ("privacy", "fairness", "robustness"):
+        assert name in result.out
+    assert "audit_evaluate" in result.out
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["train", "--data", "nope.csv", "--target", "y"], "does not exist"),
+    (["train", "--data", "{csv}", "--target", "nope"], "no target column 'nope'"),
+    (["train", "--data", "{csv}", "--target", "defaulted", "--sensitive", "race"], "no sensitive column 'race'"),
+    (["train", "--data", "{nan}", "--target", "defaulted"], "missing value"),
+    (["train", "--data", "{single}", "--target", "defaulted", "--sensitive", "sex"], "single value"),
+    (["train", "--data", "{empty}", "--target", "defaulted"], "is empty"),
+    (["train", "--optimizer", "lion"], "--optimizer 'lion' is unknown"),
+    (["train", "--attack", "cw", "--robustness"], "--attack 'cw' is unknown"),
+    (["train", "--epochs", "zero"], "invalid int value"),
+    (["train", "--dp", "--epsilon", "1", "--compile"], "--compile cannot be combined with --dp"),
+    (["train", "--dp"], "exactly one of --epsilon"),
+    (["train", "--epsilon", "2"], "only apply with --dp"),
+    (["train", "--fairness", "reweight"], "--fairness needs --sensitive"),
+    (["evaluate", "--model", "{corrupt}"], "could not be read"),
+    (["train", "--data", "{csv}"], "--target is required"),
+    (["train", "--config", "{badyaml}"], "unknown"),
+])
+def test_bad_input_is_one_line_and_exit_2(cli, tmp_path, loans_csv, args, expected):
+    paths = {"csv": loans_csv}
+    frame = make_loans(50)
+    paths["nan"] = tmp_path / "nan.csv"
+    frame.assign(defaulted=frame["defaulted"].where(frame.index > 0)).to_csv(paths["nan"], index=False)
+    paths["single"] = tmp_path / "single.csv"
+    frame.assign(sex="F").to_csv(paths["single"], index=False)
+    paths["empty"] = tmp_path / "empty.csv"
+    paths["empty"].write_text("")
+    paths["corrupt"] = tmp_path / "model.pt"
+    paths["corrupt"].write_bytes(b"not a checkpoint at all")
+    paths["badyaml"] = tmp_path / "bad.yaml"
+    paths["badyaml"].write_text("learning_rate: 3\n")
+    out = tmp_path / "out"
+    argv = [a.format(**paths) for a in args] + ["--out", str(out)] if args[0] in ("train", "evaluate") else args
+    result = cli(*argv)
+    assert result.code == 2
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1, result.err
+    assert expected in lines[0]
+    assert "Traceback" not in result.err
+    assert not out.exists()
+
+
+def test_console_script_runs_and_progress_is_silenced_by_quiet(tmp_path, loans_csv):
+    args = [sys.executable, "-m", "audit.cli", "train", "--data", str(loans_csv), "--target", "defaulted", "--epochs", "1"]
+    loud = subprocess.run(args + ["--out", str(tmp_path / "a")], capture_output=True, text=True)
+    quiet = subprocess.run(args + ["--out", str(tmp_path / "b"), "--quiet"], capture_output=True, text=True)
+    assert loud.returncode == 0 and quiet.returncode == 0
+    assert "step/s" in loud.stderr or "s/step" in loud.stderr
+    assert quiet.stderr.strip() == "" and quiet.stdout.strip() == ""
+    json.loads((tmp_path / "b" / "report.json").read_text())
