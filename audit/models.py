@@ -104,13 +104,19 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def replace_batchnorm(model: nn.Module) -> tuple[nn.Module, int]:
-    """Replace every BatchNorm with GroupNorm(min(32, C), C), as Opacus' ModuleValidator.fix does; return the count.
+    """Replace every BatchNorm with a per-sample normaliser; return the model and the count.
 
     BatchNorm mixes samples within a batch, which per-sample gradients (DP-SGD) cannot allow.
+    BatchNorm2d/3d become GroupNorm(min(32, C), C), as Opacus' ModuleValidator.fix does. BatchNorm1d
+    becomes LayerNorm(C): Opacus' GroupNorm(C, C) on flat (N, C) features normalises each value on its
+    own, which maps every activation to zero.
     """
     replaced = 0
     for name, child in list(model.named_children()):
-        if isinstance(child, nn.modules.batchnorm._BatchNorm):
+        if isinstance(child, nn.BatchNorm1d):
+            setattr(model, name, nn.LayerNorm(child.num_features))
+            replaced += 1
+        elif isinstance(child, nn.modules.batchnorm._BatchNorm):
             setattr(model, name, nn.GroupNorm(min(32, child.num_features), child.num_features, affine=True))
             replaced += 1
         else:

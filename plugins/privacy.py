@@ -101,7 +101,7 @@ def audit_prepare_training(setup: TrainingSetup) -> None:
         setup.base_model = setup.model = fixed.to(setup.device)
         setup.model_spec = {**setup.model_spec, "batchnorm_replaced": True}
         setup.optimizer = make_optimizer(config, [p for p in fixed.parameters() if p.requires_grad])
-        setup.notes.append(f"DP: replaced {count} BatchNorm layer(s) with GroupNorm (as Opacus' ModuleValidator.fix does)")
+        setup.notes.append(f"DP: replaced {count} BatchNorm layer(s) with per-sample normalisation (BatchNorm1d -> LayerNorm, 2d/3d -> GroupNorm)")
     sample_rate = min(1.0, config.batch_size / n)
     sampler = PoissonBatches(num_rows=n, sample_rate=sample_rate)
     planned_steps = config.epochs * sampler.steps_per_epoch

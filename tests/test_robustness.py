@@ -1,0 +1,93 @@
+import pytest
+import torch
+
+from audit.config import RunConfig
+from audit.data import load_dataset
+from audit_plugins.robustness import FeatureView, attack_target, eps_segment, independent, sweep
+from tests.conftest import read_report
+
+EPS = [0.05, 0.1, 0.2, 0.3]
+
+
+@pytest.fixture(scope="module")
+def digits_report(tmp_path_factory):
+    from audit.cli import main
+
+    out = tmp_path_factory.mktemp("r") / "digits"
+    assert main(["train", "--data", "digits", "--epochs", "10", "--robustness", "--attack", "fgsm,pgd",
+                 "--eps", ",".join(map(str, EPS)), "--out", str(out), "-q"]) == 0
+    return read_report(out)
+
+
+def test_robust_accuracy_falls_and_pgd_is_stronger(digits_report):
+    m = digits_report["metrics"]
+    pgd = [m[f"robustness.pgd.{eps_segment(e)}.robust_accuracy"] for e in EPS]
+    fgsm = [m[f"robustness.fgsm.{eps_segment(e)}.robust_accuracy"] for e in EPS]
+    assert pgd == sorted(pgd, reverse=True) and pgd[0] > pgd[-1]
+    assert all(p <= f + 1e-9 for p, f in zip(pgd, fgsm))
+    assert pgd[-1] <= 0.1 + 0.05  # ten classes: chance is 0.1
+    assert m["robustness.unbounded_pgd_accuracy"] <= 0.15
+    assert 0 < m["robustness.pgd.auc"] < m["robustness.clean_accuracy"]
+
+
+def test_adversarial_training_raises_pgd_accuracy(tmp_path, cli):
+    out = tmp_path / "adv"
+    assert cli("train", "--data", "digits", "--epochs", "10", "--robustness", "adv-train", "--attack", "pgd", "--eps", "0.1",
+               "--pgd-steps", "5", "--out", out, "-q").code == 0
+    m = read_report(out)["metrics"]
+    assert m["robustness.pgd.eps_0p1.robust_accuracy"] > m["robustness.adv_train.baseline_pgd_robust_accuracy"]
+    assert "robustness.adv_train.clean_accuracy_cost" in m
+
+
+def test_cascaded_sweep_never_reports_more_than_independent_attacks(tmp_path, cli):
+    out = tmp_path / "d"
+    assert cli("train", "--data", "digits", "--epochs", "5", "--out", out, "-q").code == 0
+    from audit.runner import load_checkpoint
+    from audit.models import build_model
+
+    checkpoint = load_checkpoint(str(out / "model.pt"))
+    model = build_model(checkpoint["spec"])
+    model.load_state_dict(checkpoint["state_dict"])
+    data = load_dataset(RunConfig(data="digits"))
+    x, y = data.test.x[:200], data.test.y[:200]
+    target = attack_target(model.eval(), data, x, perturb_categorical=False)
+    kw = dict(steps=10, alpha=0.25, random_start=False, seed=0)
+    cascade, fresh = sweep(target, y, "pgd", EPS, **kw), independent(target, y, "pgd", EPS, **kw)
+    for eps in EPS:
+        assert cascade[eps].float().mean() <= fresh[eps].float().mean()
+        assert not (cascade[eps] & ~fresh[eps]).any()  # deterministic PGD: every row fresh PGD fools, the cascade fools too
+
+
+def test_tabular_view_moves_only_numeric_features_within_range():
+    data = load_dataset(RunConfig(sensitive=["sex"]))
+    model = torch.nn.Linear(data.input_shape[0], 2)
+    x = data.test.x[:64]
+    target = attack_target(model, data, x, perturb_categorical=False)
+    view = target.module
+    assert isinstance(view, FeatureView)
+    rows = torch.arange(64)
+    u = target.select(rows)
+    assert float(u.min()) >= 0 and float(u.max()) <= 1
+    back = view.to_input(u)
+    numeric = data.perturbable
+    assert torch.allclose(back[:, numeric], x[:, numeric].clamp(data.lower[numeric], data.upper[numeric]), atol=1e-5)
+    import torchattacks
+
+    adv = torchattacks.PGD(view, eps=1.0, alpha=0.25, steps=5)(u, data.test.y[:64])
+    target.select(rows)
+    moved = view.to_input(adv)
+    assert torch.equal(moved[:, ~numeric], x[:, ~numeric])  # one-hot columns untouched
+    assert (moved[:, numeric] >= data.lower[numeric] - 1e-5).all() and (moved[:, numeric] <= data.upper[numeric] + 1e-5).all()
+    # epsilon in the view times the common scale is epsilon in standardised units
+    eps_std = 0.1
+    adv_small = torchattacks.PGD(view, eps=eps_std / view.scale, alpha=0.25 * eps_std / view.scale, steps=5)(u, data.test.y[:64])
+    target.select(rows)
+    assert float((view.to_input(adv_small) - back).abs().max()) <= eps_std + 1e-4
+
+
+def test_tabular_robustness_with_groups_through_cli(cli, tmp_path):
+    out = tmp_path / "tab"
+    assert cli("train", "--sensitive", "sex", "--epochs", "2", "--robustness", "--robustness-samples", "300", "--out", out, "-q").code == 0
+    m = read_report(out)["metrics"]
+    assert 0 <= m["robustness.worst_group_robust_accuracy"] <= 1
+    assert "robustness.sex.Female.robust_accuracy" in m
