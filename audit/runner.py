@@ -88,6 +88,7 @@ def _criterion(label_smoothing: float):
 def build_setup(config: RunConfig, dataset: Dataset, device: torch.device, generator: torch.Generator,
                 spec: dict[str, Any]) -> TrainingSetup:
     """The default training setup, before plugins edit it."""
+    config.resolve_defaults()
     base = build_model(spec).to(device)
     model = torch.compile(base) if config.compile else base
     return TrainingSetup(

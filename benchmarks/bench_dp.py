@@ -1,0 +1,42 @@
+"""Time per epoch of the core on Adult without DP and with DP-SGD (Opacus), same model and batch size; prints the ratio."""
+
+import argparse
+
+import torch
+
+from _common import device_line
+from audit.config import RunConfig
+from audit.data import load_dataset
+from audit.engine import attach_scheduler, train
+from audit.models import model_spec
+from audit.runner import build_setup, seed_everything
+from audit_plugins import privacy
+
+
+def epoch_time(data, *, dp: bool, epochs: int, batch_size: int) -> float:
+    options = {"dp": True, "noise_multiplier": 1.0, "max_grad_norm": 1.0, "accountant": "rdp"} if dp else {}
+    config = RunConfig(epochs=epochs, patience=None, lr=3e-3, batch_size=batch_size, options=options)
+    gen = seed_everything(0)
+    spec = model_spec(name="mlp", input_shape=data.input_shape, num_classes=2, hidden=[128, 64], channels=[], dropout=0.1)
+    setup = build_setup(config, data, torch.device("cpu"), gen, spec)
+    privacy.audit_prepare_training(setup=setup)
+    attach_scheduler(setup)
+    result = train(setup, progress=False)
+    return result.train_time_s / epochs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=512)
+    args = parser.parse_args()
+    data = load_dataset(RunConfig())
+    print(device_line())
+    plain = epoch_time(data, dp=False, epochs=args.epochs, batch_size=args.batch_size)
+    private = epoch_time(data, dp=True, epochs=args.epochs, batch_size=args.batch_size)
+    print(f"non-private epoch: {plain:.3f} s; DP-SGD epoch: {private:.3f} s (batch {args.batch_size}, MLP 128-64, Adult)")
+    print(f"DP/non-DP epoch time ratio: {private / plain:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
