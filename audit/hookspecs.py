@@ -85,6 +85,14 @@ def audit_after_epoch(state: EpochState) -> dict[str, float] | None:
     """
 
 
+@hookspec
+def audit_after_training(setup: TrainingSetup) -> None:
+    """Undo training-only wrappers (e.g. per-sample gradient hooks) once the loop has ended.
+
+    Called once, before evaluation; every implementation runs; return values are ignored.
+    """
+
+
 # --- auditing ---------------------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,6 +122,11 @@ class Report:
             sections.append(Section(**{**s, "tables": tables, "figures": figures}))
         return cls(run=data.get("run", {}), metrics=dict(data.get("metrics", {})), sections=sections,
                    schema_version=data.get("schema_version", SCHEMA_VERSION))
+
+
+def metric_segment(value: str) -> str:
+    """A free-text value (a group name, say) as one dotted segment of a metric name."""
+    return re.sub(r"[^A-Za-z0-9_\-&]+", "_", str(value)).strip("_") or "_"
 
 
 def content_digest(body: dict[str, Any]) -> str:

@@ -223,6 +223,7 @@ def run_train(config: RunConfig, pm: pluggy.PluginManager) -> RunOutcome:
     pm.hook.audit_prepare_training(setup=setup)
     attach_scheduler(setup)
     result = train(setup, after_epoch=lambda state: pm.hook.audit_after_epoch(state=state), progress=not config.quiet)
+    pm.hook.audit_after_training(setup=setup)
     model = setup.base_model.eval()
     metadata_: dict[str, Any] = {}
     for extra in pm.hook.audit_checkpoint_metadata(setup=setup):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from audit import AuditError, hookimpl
 from audit.config import CliOption, Command, RunConfig
 from audit.engine import DataUse, TrainingSetup
 from audit.evaluation import EvalContext
-from audit.report import Figure, MetricSpec, Section, Series, Table
+from audit.report import Figure, MetricSpec, Section, Series, Table, metric_segment
 from audit_plugins.fairness_metrics import RATES, SUMMARIES, GroupAudit, audit_groups, cell_counts, reweighing_weights
 
 log = logging.getLogger(__name__)
@@ -95,11 +94,6 @@ def audit_prepare_training(setup: TrainingSetup) -> None:
 def audit_checkpoint_metadata(setup: TrainingSetup) -> dict[str, Any] | None:
     info = setup.artifacts.get("fairness")
     return {"fairness": info} if info else None
-
-
-def metric_segment(value: str) -> str:
-    """A group name as one dotted segment of a metric name."""
-    return re.sub(r"[^A-Za-z0-9_\-&]+", "_", value).strip("_") or "_"
 
 
 def _features(sensitive: list[str]) -> list[tuple[str, list[str]]]:

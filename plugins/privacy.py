@@ -14,7 +14,7 @@ from audit.config import CliOption, RunConfig
 from audit.engine import EpochState, PoissonBatches, TrainingSetup, make_optimizer
 from audit.evaluation import EvalContext
 from audit.models import replace_batchnorm
-from audit.report import Figure, MetricSpec, Section, Series, Table
+from audit.report import Figure, MetricSpec, Section, Series, Table, metric_segment
 from audit_plugins.membership_inference import class_calibrated_scores, run_attack
 
 log = logging.getLogger(__name__)
@@ -162,6 +162,14 @@ def _guarantee(info: dict[str, Any]) -> dict[str, Any]:
 
 
 @hookimpl
+def audit_after_training(setup: TrainingSetup) -> None:
+    """Detach Opacus' hooks so later passes (attacks, audits) see the plain model."""
+    if "privacy" in setup.artifacts and hasattr(setup.model, "_close"):
+        setup.model._close()
+        setup.model = setup.base_model
+
+
+@hookimpl
 def audit_checkpoint_metadata(setup: TrainingSetup) -> dict[str, Any] | None:
     info = setup.artifacts.get("privacy")
     return {"privacy": _guarantee(info)} if info else None
@@ -210,7 +218,7 @@ def _mia_by_group(ctx: EvalContext, section: Section, members: np.ndarray, nonme
             if len(m) < 10 or len(n) < 10:
                 continue
             auc = float(roc_auc_score(np.r_[np.ones(len(m)), np.zeros(len(n))], np.r_[m, n]))
-            segment = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in str(group)).strip("_")
+            segment = metric_segment(group)
             section.metrics[f"privacy.mia_auc.{feature}.{segment}"] = auc
             rows.append([feature, group, len(m), len(n), auc])
     if rows:

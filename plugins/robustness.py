@@ -16,7 +16,7 @@ from audit.config import CliOption, RunConfig
 from audit.data import Dataset
 from audit.engine import TrainingSetup
 from audit.evaluation import EvalContext
-from audit.report import Figure, MetricSpec, Section, Series, Table
+from audit.report import Figure, MetricSpec, Section, Series, Table, metric_segment
 
 log = logging.getLogger(__name__)
 ATTACKS = ("fgsm", "pgd", "pgd-l2")
@@ -297,7 +297,7 @@ def _groups(ctx: EvalContext, section: Section, rows: torch.Tensor, masks: dict[
             sel = groups == group
             acc, clean_acc = float(robust[sel].mean()), float(clean[sel].mean())
             worst = min(worst, acc)
-            segment = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in str(group)).strip("_")
+            segment = metric_segment(group)
             section.metrics[f"robustness.{feature}.{segment}.robust_accuracy"] = acc
             table.append([feature, group, int(sel.sum()), clean_acc, acc, clean_acc - acc])
     section.add_metric("worst_group_robust_accuracy", worst)
