@@ -169,8 +169,6 @@ def _run(argv: Sequence[str]) -> int:
 
 
 def _render(args: argparse.Namespace) -> int:
-    import json
-
     from audit.render import render_html, render_markdown
     from audit.report import read_report, write_atomic
 
@@ -185,7 +183,6 @@ def _render(args: argparse.Namespace) -> int:
             target = (Path(args.out) if args.out else source.parent) / f"{source.stem}.{fmt}"
         write_atomic(target, text)
         print(target)
-    json.dumps(data)  # the data must stay serialisable; fails loudly if a renderer mutated it
     return EXIT_OK
 
 
