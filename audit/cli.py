@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -77,6 +78,12 @@ def _add_training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true", default=S, help="torch.compile the model")
 
 
+# Library warnings that say nothing actionable about a run: Opacus' RDP accountant hitting its
+# largest order (the bound is still valid), and torch's note on full backward hooks when the
+# inputs need no gradient (Opacus' per-sample hooks on the first layer).
+BENIGN_LIBRARY_WARNINGS = ("Optimal order is the largest alpha", "Full backward hook is firing when gradients are computed")
+
+
 def build_parser(plugin_options: list[CliOption], commands: list[Command] = ()) -> argparse.ArgumentParser:
     """The full parser: core subcommands plus every plugin's options."""
     parser = _Parser(prog="audit", description="Train a PyTorch model and audit privacy, fairness, robustness and efficiency in one report.")
@@ -93,9 +100,9 @@ def build_parser(plugin_options: list[CliOption], commands: list[Command] = ()) 
         for name, target in (("train", train), ("evaluate", evaluate)):
             if name in option.commands:
                 target.add_argument(*option.flags, **{**option.kwargs, "default": argparse.SUPPRESS, "dest": option.dest})
-    rep = sub.add_parser("report", help="re-render report.json as HTML and/or Markdown")
+    rep = sub.add_parser("report", help="re-render report.json as HTML, Markdown and a model card")
     rep.add_argument("report")
-    rep.add_argument("--format", choices=["html", "md", "all"], default="all")
+    rep.add_argument("--format", choices=["html", "md", "model-card", "all"], default="all")
     rep.add_argument("--out", help="output file (single format) or folder [beside the report]")
     sub.add_parser("plugins", help="list loaded plugins, their versions and hooks")
     from audit import gate_cli
@@ -143,7 +150,12 @@ def _run(argv: Sequence[str]) -> int:
         from audit.runner import run_evaluate, run_train
 
         config = build_config(_merge(args, plugin_options, argv), {o.dest: o for o in plugin_options})
-        outcome = (run_train if args.cmd == "train" else run_evaluate)(config, pm)
+        with warnings.catch_warnings():
+            for message in BENIGN_LIBRARY_WARNINGS:
+                warnings.filterwarnings("ignore", message=message)
+            if config.quiet:
+                warnings.simplefilter("ignore")  # --quiet: the report carries every warning that matters
+            outcome = (run_train if args.cmd == "train" else run_evaluate)(config, pm)
         if not config.quiet:
             _print_summary(outcome)
         gate = outcome.report["metrics"].get("gate.passed")
@@ -169,18 +181,17 @@ def _run(argv: Sequence[str]) -> int:
 
 
 def _render(args: argparse.Namespace) -> int:
-    from audit.render import render_html, render_markdown
+    from audit.render import RENDERINGS, render_beside
     from audit.report import read_report, write_atomic
 
-    data = read_report(args.report)
     source = Path(args.report)
-    formats = ["html", "md"] if args.format == "all" else [args.format]
-    for fmt in formats:
-        text = render_html(data) if fmt == "html" else render_markdown(data)
+    formats = list(RENDERINGS) if args.format == "all" else [args.format]
+    files = render_beside(read_report(args.report), source, formats)
+    for path, text in files.values():
         if args.out and len(formats) == 1 and not Path(args.out).is_dir():
             target = Path(args.out)
         else:
-            target = (Path(args.out) if args.out else source.parent) / f"{source.stem}.{fmt}"
+            target = (Path(args.out) if args.out else source.parent) / path.name
         write_atomic(target, text)
         print(target)
     return EXIT_OK

@@ -197,7 +197,8 @@ def _encode_target(frame: pd.DataFrame, target: str, source: str, classes: list[
     return codes.astype(np.int64), classes
 
 
-def _group_frame(frame: pd.DataFrame, sensitive: list[str], bins: dict[str, list[float]]) -> pd.DataFrame:
+def group_frame(frame: pd.DataFrame, sensitive: list[str], bins: dict[str, list[float]]) -> pd.DataFrame:
+    """Sensitive columns as group labels (strings), numeric ones cut into the given bins."""
     out = {}
     for col in sensitive:
         column = frame[col]
@@ -215,7 +216,8 @@ def _fmt(value: float) -> str:
     return f"{value:g}"
 
 
-def _sensitive_bins(train: pd.DataFrame, sensitive: list[str]) -> dict[str, list[float]]:
+def sensitive_bins(train: pd.DataFrame, sensitive: list[str]) -> dict[str, list[float]]:
+    """Quantile bin edges, from the training rows, for numeric sensitive columns with many values."""
     bins = {}
     for col in sensitive:
         column = train[col]
@@ -225,7 +227,8 @@ def _sensitive_bins(train: pd.DataFrame, sensitive: list[str]) -> dict[str, list
     return bins
 
 
-def _check_sensitive(frame: pd.DataFrame, sensitive: list[str], source: str) -> None:
+def check_sensitive(frame: pd.DataFrame, sensitive: list[str], source: str) -> None:
+    """Refuse a missing sensitive column, or one with a single group (AuditError naming it)."""
     for col in sensitive:
         if col not in frame.columns:
             raise AuditError(f"{source} has no sensitive column {col!r}; columns are: {', '.join(map(str, frame.columns))}")
@@ -304,7 +307,7 @@ def _build_tabular(config: RunConfig, name: str, frame: pd.DataFrame, test_frame
                    digest: str, target: str, split_source: str, schema: dict[str, Any] | None) -> Dataset:
     source = config.data
     y_all, classes = _encode_target(frame, target, source, schema["classes"] if schema else None)
-    _check_sensitive(frame, config.sensitive, source)
+    check_sensitive(frame, config.sensitive, source)
     positive = _positive_label(config, classes, target)
     notes: list[str] = []
     if test_frame is None:
@@ -318,7 +321,7 @@ def _build_tabular(config: RunConfig, name: str, frame: pd.DataFrame, test_frame
     if schema is None:
         numeric, categorical = _feature_columns(frame, config, target)
         pre = TabularPreprocessor.fit(train_frame, numeric=numeric, categorical=categorical)
-        bins = _sensitive_bins(train_frame, config.sensitive)
+        bins = sensitive_bins(train_frame, config.sensitive)
     else:
         pre = TabularPreprocessor.from_dict(schema["preprocessor"])
         bins = {k: v for k, v in schema.get("group_bins", {}).items() if k in config.sensitive}
@@ -332,9 +335,9 @@ def _build_tabular(config: RunConfig, name: str, frame: pd.DataFrame, test_frame
     mask, lower, upper = _tabular_bounds(x_train, len(pre.numeric))
     return Dataset(
         name=name, kind="tabular",
-        train=_to_split(x_train, y_all[train_idx], _group_frame(train_frame, config.sensitive, bins)),
-        val=_to_split(pre.transform(val_frame), y_all[val_idx], _group_frame(val_frame, config.sensitive, bins)),
-        test=_to_split(pre.transform(test_frame), y_test, _group_frame(test_frame, config.sensitive, bins)),
+        train=_to_split(x_train, y_all[train_idx], group_frame(train_frame, config.sensitive, bins)),
+        val=_to_split(pre.transform(val_frame), y_all[val_idx], group_frame(val_frame, config.sensitive, bins)),
+        test=_to_split(pre.transform(test_frame), y_test, group_frame(test_frame, config.sensitive, bins)),
         classes=classes, target=target, sensitive=list(config.sensitive), input_shape=(x_train.shape[1],),
         feature_names=pre.feature_names, fingerprint=digest, split_source=split_source,
         perturbable=mask, lower=lower, upper=upper, preprocessor=pre, missing_counts=missing,
@@ -345,16 +348,16 @@ def _build_tabular(config: RunConfig, name: str, frame: pd.DataFrame, test_frame
 def _build_evaluation_only(config: RunConfig, frame: pd.DataFrame, digest: str, target: str, schema: dict[str, Any]) -> Dataset:
     """A user's file audited against a saved model: every row is evaluation data; no training rows."""
     y, classes = _encode_target(frame, target, config.data, schema["classes"])
-    _check_sensitive(frame, config.sensitive, config.data)
+    check_sensitive(frame, config.sensitive, config.data)
     pre = TabularPreprocessor.from_dict(schema["preprocessor"])
     bins = {k: v for k, v in schema.get("group_bins", {}).items() if k in config.sensitive}
-    bins.update({k: v for k, v in _sensitive_bins(frame, config.sensitive).items() if k not in bins})
+    bins.update({k: v for k, v in sensitive_bins(frame, config.sensitive).items() if k not in bins})
     x = pre.transform(frame)
-    empty = _to_split(x[:0], y[:0], _group_frame(frame.iloc[:0], config.sensitive, bins))
+    empty = _to_split(x[:0], y[:0], group_frame(frame.iloc[:0], config.sensitive, bins))
     width = x.shape[1]
     return Dataset(
         name=Path(config.data).stem, kind="tabular", train=empty, val=empty,
-        test=_to_split(x, y, _group_frame(frame, config.sensitive, bins)),
+        test=_to_split(x, y, group_frame(frame, config.sensitive, bins)),
         classes=classes, target=target, sensitive=list(config.sensitive), input_shape=(width,),
         feature_names=pre.feature_names, fingerprint=digest, split_source="every row of the file (evaluation only)",
         perturbable=torch.tensor(schema["perturbable"], dtype=torch.bool),

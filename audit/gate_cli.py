@@ -47,6 +47,7 @@ def print_gate_table(report: dict[str, Any]) -> None:
 
 
 def _gate(args: argparse.Namespace) -> int:
+    from audit.compliance import evidence_from_section, refresh_compliance
     from audit.gate import evaluate_policy, gate_section, junit_xml, load_policy, markdown_summary
 
     data = read_report(args.report)
@@ -59,18 +60,21 @@ def _gate(args: argparse.Namespace) -> int:
     if args.summary:
         write_atomic(Path(args.summary), markdown_summary(result))
     report = Report.from_dict(data)
-    report.metrics = {k: v for k, v in report.metrics.items() if not k.startswith("gate.")}
-    report.sections = [s for s in report.sections if s.name != "gate"]
+    report.remove_section("gate")
     report.run["policy_sha256"] = digest
     report.add_section(gate_section(result))
+    evidence = evidence_from_section(data)
+    if evidence:
+        refresh_compliance(report, evidence)
     updated = report.to_dict()
     if args.write_report:
-        from audit.render import render_html, render_markdown
+        from audit.render import render_beside
 
         path = Path(args.report)
+        files = render_beside(updated, path)
         write_atomic(path, json.dumps(updated, indent=2))
-        write_atomic(path.with_suffix(".html"), render_html(updated))
-        write_atomic(path.with_suffix(".md"), render_markdown(updated))
+        for target, text in files.values():
+            write_atomic(target, text)
     print_gate_table(updated)
     return 0 if result.passed else 1
 

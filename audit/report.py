@@ -96,6 +96,11 @@ class Report:
             self.metrics[name] = clean_number(value)
         self.sections.append(section)
 
+    def remove_section(self, name: str) -> None:
+        """Drop the section called ``name`` and its metrics (to replace it); no-op when absent."""
+        self.sections = [s for s in self.sections if s.name != name]
+        self.metrics = {k: v for k, v in self.metrics.items() if not k.startswith(name + ".")}
+
     def section(self, name: str) -> Section | None:
         """The section called ``name``, if any."""
         return next((s for s in self.sections if s.name == name), None)

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from audit import efficiency
+from audit.compliance import collect_metric_specs, evidence_from_specs, refresh_compliance
 from audit.config import RunConfig
 from audit.data import Dataset, load_dataset
 from audit.engine import (PoissonBatches, ShuffledBatches, TrainingSetup, TrainResult, attach_scheduler,  # noqa: F401
@@ -29,7 +30,7 @@ from audit.engine import (PoissonBatches, ShuffledBatches, TrainingSetup, TrainR
 from audit.errors import AuditError
 from audit.evaluation import EvalContext, build_context, performance_section
 from audit.models import build_model, count_parameters, model_spec
-from audit.render import render_html, render_markdown
+from audit.render import render_beside
 from audit.report import Report, Section, Table, write_atomic
 
 log = logging.getLogger(__name__)
@@ -198,14 +199,14 @@ def _run_info(config: RunConfig, dataset: Dataset, device: torch.device, started
 
 
 def write_outputs(out_dir: Path, report: Report, model_bytes: bytes | None) -> dict[str, Any]:
-    """Write model.pt, report.json, report.html and report.md, each atomically; return the report dict."""
+    """Write model.pt, report.json and its renderings (HTML, Markdown, model card), each atomically."""
     data = report.to_dict()
-    html, markdown = render_html(data), render_markdown(data)
+    files = render_beside(data, out_dir / "report.json")  # rendered first: a failure leaves no file behind
     if model_bytes is not None:
         write_atomic(out_dir / "model.pt", model_bytes)
     write_atomic(out_dir / "report.json", json.dumps(data, indent=2, allow_nan=False))
-    write_atomic(out_dir / "report.html", html)
-    write_atomic(out_dir / "report.md", markdown)
+    for path, text in files.values():
+        write_atomic(path, text)
     return data
 
 
@@ -240,7 +241,7 @@ def run_train(config: RunConfig, pm: pluggy.PluginManager) -> RunOutcome:
     report.add_section(efficiency_section(model, dataset, device, config, result))
     for section in _collect_sections(pm, ctx):
         report.add_section(section)
-    return _finish(config, report, model_bytes)
+    return _finish(config, report, model_bytes, pm)
 
 
 def run_evaluate(config: RunConfig, pm: pluggy.PluginManager) -> RunOutcome:
@@ -280,14 +281,23 @@ def run_evaluate(config: RunConfig, pm: pluggy.PluginManager) -> RunOutcome:
     report.add_section(efficiency_section(model, dataset, device, config, None))
     for section in _collect_sections(pm, ctx):
         report.add_section(section)
-    return _finish(config, report, None)
+    return _finish(config, report, None, pm)
 
 
-def _finish(config: RunConfig, report: Report, model_bytes: bytes | None) -> RunOutcome:
-    out_dir = default_out_dir(config)
-    if config.policy:
+def finalize_report(report: Report, *, pm: pluggy.PluginManager, policy: str | None) -> None:
+    """Add the compliance section and, with a policy, the gate section (then the verdicts per clause)."""
+    evidence = evidence_from_specs(report.metrics, collect_metric_specs(pm))
+    # Built before the gate so a policy can gate on compliance.* too, and again after it for the verdicts.
+    refresh_compliance(report, evidence)
+    if policy:
         from audit.gate import gate_report_in_place
 
-        gate_report_in_place(report, policy_path=config.policy)
+        gate_report_in_place(report, policy_path=policy)
+        refresh_compliance(report, evidence)
+
+
+def _finish(config: RunConfig, report: Report, model_bytes: bytes | None, pm: pluggy.PluginManager) -> RunOutcome:
+    out_dir = default_out_dir(config)
+    finalize_report(report, pm=pm, policy=config.policy)
     data = write_outputs(out_dir, report, model_bytes)
     return RunOutcome(report=data, out_dir=out_dir)

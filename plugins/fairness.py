@@ -312,23 +312,24 @@ def run_decisions(args: argparse.Namespace) -> int:
     """Audit decisions another system made: the same fairness section, no model."""
     from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-    from audit.data import _check_sensitive, _group_frame, _sensitive_bins, read_table
+    from audit.data import check_sensitive, group_frame, sensitive_bins, read_table
     from audit.report import Report
-    from audit.runner import package_versions, write_outputs
+    from audit.plugins import get_plugin_manager
+    from audit.runner import finalize_report, package_versions, write_outputs
 
     frame, digest = read_table(args.data)
     sensitive = [c.strip() for c in args.sensitive.split(",") if c.strip()]
     for col in [args.y_true, args.y_pred] + ([args.score] if args.score else []):
         if col not in frame.columns:
             raise AuditError(f"{args.data} has no column {col!r}; columns are: {', '.join(map(str, frame.columns))}")
-    _check_sensitive(frame, sensitive, args.data)
+    check_sensitive(frame, sensitive, args.data)
     observed = sorted(set(frame[args.y_true].dropna().astype(str).str.strip()))
     positive = args.positive_label or ("1" if set(observed) <= {"0", "1"} else observed[-1])
     if positive not in observed:
         raise AuditError(f"--positive-label {positive!r} is not a value of {args.y_true!r}; expected one of {observed}")
     y_true = _binary(frame[args.y_true], positive, args.y_true, args.data)
     y_pred = _binary(frame[args.y_pred], positive, args.y_pred, args.data)
-    groups = _group_frame(frame, sensitive, _sensitive_bins(frame, sensitive))
+    groups = group_frame(frame, sensitive, sensitive_bins(frame, sensitive))
     report = Report(run={"name": Path(args.out).name, "command": "decisions", "command_line": " ".join(["audit", "decisions", *_argv(args)]),
                          "seed": args.seed, "device": "none", "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                          "versions": package_versions(),
@@ -348,10 +349,7 @@ def run_decisions(args: argparse.Namespace) -> int:
     section, _ = fairness_section(y_true, y_pred, groups, sensitive, n_boot=args.bootstrap, seed=args.seed,
                                   min_group_size=args.min_group_size)
     report.add_section(section)
-    if args.policy:
-        from audit.gate import gate_report_in_place
-
-        gate_report_in_place(report, policy_path=args.policy)
+    finalize_report(report, pm=get_plugin_manager(), policy=args.policy)
     data = write_outputs(Path(args.out), report, None)
     for key in ("performance.accuracy", "performance.selection_rate"):
         print(f"  {key:<52} {data['metrics'][key]:.4g}")

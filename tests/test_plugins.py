@@ -10,7 +10,11 @@ from audit.plugins import get_plugin_manager
 
 PLUGIN = textwrap.dedent('''
     from audit import hookimpl
-    from audit.report import Section
+    from audit.report import MetricSpec, Section
+
+    @hookimpl
+    def audit_metric_specs():
+        return [MetricSpec("carbon.test_rows_seen", False, "rows", "Rows the estimate saw", ("ISO/IEC 42001 A.6.2.4",))]
 
     @hookimpl
     def audit_evaluate(ctx):
@@ -47,6 +51,9 @@ def test_third_party_plugin_section_appears(tmp_path):
     assert any(s["name"] == "carbon" for s in report["sections"])
     history = [t for s in report["sections"] for t in s["tables"] if t["title"] == "Training history"][0]
     assert "carbon_epoch_seen" in history["columns"]
+    compliance = next(s for s in report["sections"] if s["name"] == "compliance")
+    clauses = {row[0]: row for row in compliance["tables"][0]["rows"]}
+    assert clauses["ISO/IEC 42001 A.6.2.4"][2] == 1  # a third-party tag becomes a clause with its evidence
 
 
 def test_env_var_limits_what_loads(tmp_path, monkeypatch):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from audit.render.html import format_value, provenance_rows
+from audit.render.html import LONG_TABLE_ROWS, format_value, provenance_rows
 
 
 def _table(columns: list[str], rows: list[list[Any]]) -> list[str]:
@@ -25,7 +25,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [f"> **Warning:** {w}" for w in s.get("warnings", [])]
         lines += [f"- {n}" for n in s.get("notes", [])]
         for t in s.get("tables", []):
-            lines += ["", f"### {t['title']}", ""] + _table(t["columns"], t["rows"])
+            if len(t["rows"]) > LONG_TABLE_ROWS:  # GitHub renders <details> folded
+                lines += ["", f"<details><summary>{t['title']} ({len(t['rows'])} rows)</summary>", ""]
+                lines += _table(t["columns"], t["rows"]) + ["", "</details>"]
+            else:
+                lines += ["", f"### {t['title']}", ""] + _table(t["columns"], t["rows"])
     lines += ["", "## Provenance", ""] + _table(["fact", "value"], [list(r) for r in provenance_rows(run)])
     lines += ["", f"Report content SHA-256: `{report.get('content_sha256', '')}`", ""]
     return "\n".join(lines)
