@@ -77,6 +77,8 @@ class TrainingSetup:
     track_grad_norm: bool = True
     # Applied to each training batch before the forward pass (adversarial training, augmentation).
     batch_transform: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    # Replaces ``loss.backward()``: called with the batch's mean loss and its row count (DP clipping in one pass).
+    backward: Callable[[torch.Tensor, int], None] | None = None
     monitor: str = "val_loss"  # what picks the kept epoch: "val_loss" (lower) or "val_accuracy" (higher)
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -208,6 +210,8 @@ def train(setup: TrainingSetup, *, after_epoch: Callable[[EpochState], list[dict
             if scaler is not None:
                 scaler.scale(loss).backward()
                 scaler.unscale_(optimizer)
+            elif setup.backward is not None:
+                setup.backward(loss, len(idx))
             else:
                 loss.backward()
             if setup.track_grad_norm:

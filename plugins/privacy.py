@@ -15,6 +15,7 @@ from audit.engine import EpochState, PoissonBatches, TrainingSetup, make_optimiz
 from audit.evaluation import EvalContext
 from audit.models import replace_batchnorm
 from audit.report import Figure, MetricSpec, Section, Series, Table, metric_segment
+from audit_plugins import dp_clipping
 from audit_plugins.membership_inference import class_calibrated_scores, run_attack
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ def audit_prepare_training(setup: TrainingSetup) -> None:
         return
     from opacus import GradSampleModule
     from opacus.accountants.utils import get_noise_multiplier
-    from opacus.optimizers import DPOptimizer
+    from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
     from opacus.validators import ModuleValidator
 
     n = len(setup.dataset.train)
@@ -111,17 +112,34 @@ def audit_prepare_training(setup: TrainingSetup) -> None:
         sigma = get_noise_multiplier(target_epsilon=config.option("epsilon"), target_delta=delta, sample_rate=sample_rate,
                                      steps=planned_steps, accountant=accountant_name)
     max_grad_norm = config.option("max_grad_norm", 1.0)
-    model = GradSampleModule(setup.model, batch_first=True, loss_reduction="mean")
     noise_generator = torch.Generator(device=setup.device).manual_seed(config.seed + 104729)
-    optimizer = DPOptimizer(setup.optimizer, noise_multiplier=sigma, max_grad_norm=max_grad_norm,
-                            expected_batch_size=config.batch_size, loss_reduction="mean", generator=noise_generator)
     accountant = _make_accountant(accountant_name)
     account = accountant.get_optimizer_hook_fn(sample_rate=sample_rate)
     clip_counts = torch.zeros(2, device=setup.device)  # [clipped, total] per epoch, read once per epoch
+    dp_kwargs = dict(noise_multiplier=sigma, max_grad_norm=max_grad_norm, expected_batch_size=config.batch_size,
+                     loss_reduction="mean", generator=noise_generator)
+    if dp_clipping.supports(setup.model, setup.dataset.train.x[:2].to(setup.device)):
+        clipper = dp_clipping.BookKeepingClipper(setup.model, max_grad_norm=max_grad_norm)
+        model, optimizer = setup.model, DPOptimizerFastGradientClipping(setup.optimizer, **dp_kwargs)
+        setup.backward = clipper.backward
+        setup.artifacts["dp_clipper"] = clipper
+        method = ("per-sample gradient norms and clipped sums from one backward pass (book-keeping ghost clipping, "
+                  "Linear layers), noise by Opacus' DPOptimizerFastGradientClipping")
 
-    def step_hook(optim: DPOptimizer) -> None:
+        def sample_norms(optim: Any) -> torch.Tensor:
+            return clipper.last_norms
+    else:
+        model = GradSampleModule(setup.model, batch_first=True, loss_reduction="mean")
+        optimizer = DPOptimizer(setup.optimizer, **dp_kwargs)
+        method = "per-sample gradients by Opacus' GradSampleModule, clipping and noise by DPOptimizer"
+
+        def sample_norms(optim: Any) -> torch.Tensor:
+            # DPOptimizer does not keep its per-sample norms; this recomputation only runs off the fast path.
+            return torch.stack([g.reshape(len(g), -1).norm(2, dim=-1) for g in optim.grad_samples], dim=1).norm(2, dim=1)
+
+    def step_hook(optim: Any) -> None:
         account(optim)
-        norms = torch.stack([g.reshape(len(g), -1).norm(2, dim=-1) for g in optim.grad_samples], dim=1).norm(2, dim=1)
+        norms = sample_norms(optim)
         clip_counts[0] += (norms > max_grad_norm).sum()
         clip_counts[1] += len(norms)
 
@@ -130,8 +148,7 @@ def audit_prepare_training(setup: TrainingSetup) -> None:
     setup.use_amp = False
     setup.track_grad_norm = False  # the non-private gradient norm must not leak into the report
     setup.monitor = "val_accuracy"  # DP noise inflates the validation loss while accuracy still improves
-    setup.notes.append("DP: Poisson sampling on tensor indices, per-sample gradients by Opacus' GradSampleModule, "
-                       "clipping and noise by DPOptimizer; mixed precision off; the kept epoch is chosen on validation "
+    setup.notes.append(f"DP: Poisson sampling on tensor indices; {method}; mixed precision off; the kept epoch is chosen on validation "
                        f"accuracy (DP noise makes the validation loss misleading); lr {config.lr:g}")
     setup.artifacts["privacy"] = {"accountant": accountant, "accountant_name": accountant_name, "delta": delta,
                                   "noise_multiplier": sigma, "max_grad_norm": max_grad_norm, "sample_rate": sample_rate,
@@ -163,10 +180,14 @@ def _guarantee(info: dict[str, Any]) -> dict[str, Any]:
 
 @hookimpl
 def audit_after_training(setup: TrainingSetup) -> None:
-    """Detach Opacus' hooks so later passes (attacks, audits) see the plain model."""
+    """Detach the per-sample hooks so later passes (attacks, audits) see the plain model."""
     if "privacy" in setup.artifacts and hasattr(setup.model, "_close"):
         setup.model._close()
         setup.model = setup.base_model
+    clipper = setup.artifacts.pop("dp_clipper", None)
+    if clipper is not None:
+        clipper.remove()
+        setup.backward = None
 
 
 @hookimpl

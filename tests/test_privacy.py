@@ -78,8 +78,20 @@ def test_batchnorm_is_replaced_and_reported(cli, tmp_path, loans_csv, monkeypatc
     report = read_report(out)
     notes = " ".join(n for s in report["sections"] for n in s["notes"])
     assert "replaced 1 BatchNorm" in notes
+    assert "Opacus' GradSampleModule" in notes  # LayerNorm is off the one-pass path: Opacus computes per-sample gradients
     assert cli("evaluate", "--model", out / "model.pt", "--data", loans_csv, "--out", tmp_path / "ev", "-q").code == 0
     assert read_report(tmp_path / "ev")["metrics"]["privacy.epsilon"] == report["metrics"]["privacy.epsilon"]
+
+
+def test_linear_models_take_the_one_pass_clipping_path(cli, tmp_path, loans_csv):
+    out = tmp_path / "fast"
+    assert cli("train", "--data", loans_csv, "--target", "defaulted", "--dp", "--noise-multiplier", "1.0", "--epochs", "2",
+               "--batch-size", "64", "--out", out, "-q").code == 0
+    report = read_report(out)
+    notes = " ".join(n for s in report["sections"] for n in s["notes"])
+    assert "one backward pass" in notes
+    clip_rates = [row for t in report["sections"][0]["tables"] if t["title"] == "Training history" for row in t["rows"]]
+    assert 0 < report["metrics"]["privacy.clip_rate_last_epoch"] <= 1 and len(clip_rates) == 2
 
 
 def test_early_stopping_accounts_only_steps_taken(cli, tmp_path, loans_csv):
