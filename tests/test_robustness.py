@@ -39,23 +39,29 @@ def test_adversarial_training_raises_pgd_accuracy(tmp_path, cli):
     assert "robustness.adv_train.clean_accuracy_cost" in m
 
 
-def test_cascaded_sweep_never_reports_more_than_independent_attacks(tmp_path, cli):
+@pytest.mark.parametrize("data_name, attack, eps_list", [
+    ("digits", "pgd", EPS), ("digits", "pgd-l2", [0.5, 1.0, 2.0, 3.0]), ("adult", "pgd", [0.1, 0.25, 0.5, 1.0])])
+def test_sweep_never_reports_more_than_independent_torchattacks(tmp_path, cli, data_name, attack, eps_list):
     out = tmp_path / "d"
-    assert cli("train", "--data", "digits", "--epochs", "5", "--out", out, "-q").code == 0
-    from audit.runner import load_checkpoint
+    assert cli("train", "--data", data_name, "--epochs", "3", "--out", out, "-q").code == 0
     from audit.models import build_model
+    from audit.runner import load_checkpoint
 
     checkpoint = load_checkpoint(str(out / "model.pt"))
     model = build_model(checkpoint["spec"])
     model.load_state_dict(checkpoint["state_dict"])
-    data = load_dataset(RunConfig(data="digits"))
-    x, y = data.test.x[:200], data.test.y[:200]
+    data = load_dataset(RunConfig(data=data_name))
+    x, y = data.test.x[:300], data.test.y[:300]
     target = attack_target(model.eval(), data, x, perturb_categorical=False)
     kw = dict(steps=10, alpha=0.25, random_start=False, seed=0)
-    cascade, fresh = sweep(target, y, "pgd", EPS, **kw), independent(target, y, "pgd", EPS, **kw)
-    for eps in EPS:
-        assert cascade[eps].float().mean() <= fresh[eps].float().mean()
-        assert not (cascade[eps] & ~fresh[eps]).any()  # deterministic PGD: every row fresh PGD fools, the cascade fools too
+    cascade, fresh = sweep(target, y, attack, eps_list, **kw), independent(target, y, attack, eps_list, **kw)
+    assert fresh[eps_list[0]].any() and not fresh[eps_list[-1]].all()  # the attack does something, and not everything
+    # torchattacks' own verdicts on a few tabular rows flip with the batch they are attacked in (the sign step
+    # amplifies float rounding of near-zero gradients); image rows agree exactly.
+    slack = 0 if data_name == "digits" else int(0.02 * len(y))
+    for eps in eps_list:
+        assert int((cascade[eps] & ~fresh[eps]).sum()) <= slack  # rows torchattacks fools, the sweep fools too
+        assert cascade[eps].float().mean() >= fresh[eps].float().mean() - 0.02  # and it is not a weaker evaluation either
 
 
 def test_tabular_view_moves_only_numeric_features_within_range():
