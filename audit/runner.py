@@ -89,7 +89,7 @@ def _criterion(label_smoothing: float):
 def build_setup(config: RunConfig, dataset: Dataset, device: torch.device, generator: torch.Generator,
                 spec: dict[str, Any]) -> TrainingSetup:
     """The default training setup, before plugins edit it."""
-    config.resolve_defaults()
+    config.resolve_defaults(len(dataset.train))
     base = build_model(spec).to(device)
     model = torch.compile(base) if config.compile else base
     return TrainingSetup(
@@ -217,6 +217,7 @@ def run_train(config: RunConfig, pm: pluggy.PluginManager) -> RunOutcome:
     config.resolve_defaults()
     generator = seed_everything(config.seed)
     dataset = load_dataset(config)
+    config.resolve_defaults(len(dataset.train))
     device = resolve_device(config.device)
     spec = model_spec(name=config.model, input_shape=dataset.input_shape, num_classes=dataset.num_classes,
                       hidden=config.hidden, channels=config.channels, dropout=config.dropout)

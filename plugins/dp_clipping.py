@@ -12,8 +12,52 @@ Models with any other trainable layer use Opacus' GradSampleModule instead.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
+
+
+def make_noise_optimizer(optimizer: torch.optim.Optimizer, **kwargs: Any) -> Any:
+    """Opacus' ``DPOptimizerFastGradientClipping`` (noise, averaging, step hooks) taking the clipped sums in ``.grad``.
+
+    Per-step costs of small models go: ``accumulate`` deep-copies every gradient (the clipper writes
+    a fresh ``.grad`` each step, so the sum can take that tensor), ``add_noise`` draws each
+    parameter's Gaussian noise in its own call after allocating zeros (one draw for all parameters
+    has the same distribution) and ``scale_grad`` walks the parameters again to divide by the
+    expected batch size (done while adding the noise). Secure-mode noise keeps Opacus' own path.
+    """
+    from opacus.optimizers import DPOptimizerFastGradientClipping
+    from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
+
+    class OnePassDPOptimizer(DPOptimizerFastGradientClipping):
+        def accumulate(self) -> None:
+            for p in self.params:
+                p.summed_grad = p.grad if p.summed_grad is None else p.summed_grad + p.grad
+
+        def add_noise(self) -> None:
+            if self.secure_mode:
+                return super().add_noise()
+            std = getattr(self, "_adjusted_noise_multiplier", self.noise_multiplier) * self.max_grad_norm
+            sums = [p.summed_grad for p in self.params]
+            flat = torch.normal(0.0, std, size=(sum(s.numel() for s in sums),), generator=self.generator,
+                                device=sums[0].device, dtype=sums[0].dtype) if std > 0 else None
+            # scale_grad's division folded in (it becomes a no-op below)
+            denom = self.expected_batch_size * self.accumulated_iterations if self.loss_reduction == "mean" else 1
+            offset = 0
+            for p, summed in zip(self.params, sums):
+                _check_processed_flag(summed)
+                noisy = summed + flat[offset: offset + summed.numel()].view_as(summed) if flat is not None else summed.clone()
+                p.grad = noisy.div_(denom).view_as(p)
+                offset += summed.numel()
+                _mark_as_processed(summed)
+            return None
+
+        def scale_grad(self) -> None:
+            if self.secure_mode:
+                super().scale_grad()
+
+    return OnePassDPOptimizer(optimizer, **kwargs)
 
 
 def supports(model: nn.Module, sample: torch.Tensor) -> bool:
@@ -68,8 +112,9 @@ class BookKeepingClipper:
         grads = torch.autograd.grad(loss * batch_size, [out for _, _, out in seen])
         sq_norms = torch.zeros(batch_size, device=loss.device, dtype=torch.float32)
         for (layer, a, _), b in zip(seen, grads):
-            b_sq = b.float().pow(2).sum(1)
-            sq_norms += a.float().pow(2).sum(1) * b_sq + (b_sq if layer.bias is not None else 0.0)
+            b_sq = torch.linalg.vector_norm(b, dim=1, dtype=torch.float32).square_()
+            a_sq = torch.linalg.vector_norm(a.detach(), dim=1, dtype=torch.float32).square_()
+            sq_norms += (a_sq.add_(1.0) if layer.bias is not None else a_sq).mul_(b_sq)  # |a|^2|b|^2 (+ |b|^2 for the bias)
         norms = sq_norms.sqrt()
         factor = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)  # Opacus' own formula
         for (layer, a, _), b in zip(seen, grads):

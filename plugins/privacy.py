@@ -86,7 +86,7 @@ def audit_prepare_training(setup: TrainingSetup) -> None:
         return
     from opacus import GradSampleModule
     from opacus.accountants.utils import get_noise_multiplier
-    from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+    from opacus.optimizers import DPOptimizer
     from opacus.validators import ModuleValidator
 
     n = len(setup.dataset.train)
@@ -120,7 +120,7 @@ def audit_prepare_training(setup: TrainingSetup) -> None:
                      loss_reduction="mean", generator=noise_generator)
     if dp_clipping.supports(setup.model, setup.dataset.train.x[:2].to(setup.device)):
         clipper = dp_clipping.BookKeepingClipper(setup.model, max_grad_norm=max_grad_norm)
-        model, optimizer = setup.model, DPOptimizerFastGradientClipping(setup.optimizer, **dp_kwargs)
+        model, optimizer = setup.model, dp_clipping.make_noise_optimizer(setup.optimizer, **dp_kwargs)
         setup.backward = clipper.backward
         setup.artifacts["dp_clipper"] = clipper
         method = ("per-sample gradient norms and clipped sums from one backward pass (book-keeping ghost clipping, "

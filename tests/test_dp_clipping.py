@@ -69,3 +69,25 @@ def test_supports_only_linear_models_called_once_on_flat_inputs():
     unused = nn.ModuleDict({"a": nn.Linear(10, 2), "b": nn.Linear(10, 2)})
     unused.forward = lambda x: unused["a"](x)
     assert not supports(unused, torch.zeros(2, 10))
+
+
+def test_noise_optimizer_matches_opacus_noise_and_averaging():
+    from opacus.optimizers import DPOptimizerFastGradientClipping
+
+    from audit_plugins.dp_clipping import make_noise_optimizer
+
+    def stepped(factory, sigma):
+        model = _mlp()
+        optimizer = factory(torch.optim.SGD(model.parameters(), lr=1.0), noise_multiplier=sigma, max_grad_norm=2.0,
+                            expected_batch_size=50, loss_reduction="mean", generator=torch.Generator().manual_seed(3))
+        for p in model.parameters():
+            p.grad = torch.full_like(p, 5.0)  # a clipped sum, as the clipper leaves it
+        before = [p.detach().clone() for p in model.parameters()]
+        optimizer.step()
+        return torch.cat([(b - p.detach()).flatten() for b, p in zip(before, model.parameters())])  # lr 1: the update is the grad
+
+    ours, theirs = stepped(make_noise_optimizer, 0.0), stepped(DPOptimizerFastGradientClipping, 0.0)
+    torch.testing.assert_close(ours, theirs)
+    torch.testing.assert_close(ours, torch.full_like(ours, 5.0 / 50))
+    noisy = stepped(make_noise_optimizer, 4.0) - 5.0 / 50
+    assert abs(float(noisy.mean())) < 0.01 and abs(float(noisy.std()) - 4.0 * 2.0 / 50) < 0.01  # std sigma * C / B
