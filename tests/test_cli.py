@@ -137,3 +137,12 @@ def test_console_script_runs_and_progress_is_silenced_by_quiet(tmp_path, loans_c
     assert "step/s" in loud.stderr or "s/step" in loud.stderr
     assert quiet.stderr.strip() == "" and quiet.stdout.strip() == ""
     json.loads((tmp_path / "b" / "report.json").read_text())
+
+
+def test_quiet_also_silences_library_warnings(tmp_path):
+    # digits' CNN takes Opacus' hook path, whose torch and accountant warnings reach stderr unless filtered
+    args = [sys.executable, "-m", "audit.cli", "train", "--data", "digits", "--epochs", "1", "--dp", "--noise-multiplier", "0.3",
+            "--out", str(tmp_path / "q"), "--quiet"]
+    quiet = subprocess.run(args, capture_output=True, text=True)
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stderr.strip() == "" and quiet.stdout.strip() == ""
