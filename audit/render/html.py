@@ -28,11 +28,11 @@ def format_value(value: Any) -> str:
 LONG_TABLE_ROWS = 40
 
 
-def verdict_class(value: Any) -> str:
-    """CSS class for a gate or compliance verdict cell ("pass"/"fail"/"warn"), else empty."""
-    if not isinstance(value, str):
-        return ""
-    head = value.split(" ", 1)[0]
+def cell_class(value: Any) -> str:
+    """CSS class of a table cell: "num" for numbers (right-aligned), a verdict's colour, else none."""
+    if isinstance(value, (int, float)) or value is None:
+        return "num"
+    head = str(value).split(" ", 1)[0]
     return {"PASS": "pass", "FAIL": "fail", "WARN": "warnv", "NO": "fail"}.get(head, "")
 
 
@@ -53,5 +53,5 @@ def render_html(report: dict[str, Any]) -> str:
     gate = next((s for s in sections if s["name"] == "gate"), None)
     gate_info = {"passed": report["metrics"].get("gate.passed") == 1} if gate else None
     return _ENV.get_template("report.html.j2").render(
-        run=report.get("run", {}), metrics=report["metrics"], sections=sections, fmt=format_value, svg=render_figure, verdict_class=verdict_class, long_table=LONG_TABLE_ROWS,
+        run=report.get("run", {}), metrics=report["metrics"], sections=sections, fmt=format_value, svg=render_figure, cell_class=cell_class, long_table=LONG_TABLE_ROWS,
         provenance=provenance_rows(report.get("run", {})), content_sha256=report.get("content_sha256", ""), gate=gate_info)
