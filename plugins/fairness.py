@@ -333,7 +333,7 @@ def run_decisions(args: argparse.Namespace) -> int:
     report = Report(run={"name": Path(args.out).name, "command": "decisions", "command_line": " ".join(["audit", "decisions", *_argv(args)]),
                          "seed": args.seed, "device": "none", "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                          "versions": package_versions(),
-                         "data": {"name": Path(args.data).stem, "source": args.data, "sha256": digest, "rows": len(frame),
+                         "data": {"name": Path(args.data).stem, "source": args.data, "sha256": digest, "rows": len(frame), "target": args.y_true,
                                   "positive_label": positive, "sensitive": sensitive}})
     perf = Section("performance", "Performance of the recorded decisions")
     perf.add_metric("accuracy", float((y_true == y_pred).mean()))

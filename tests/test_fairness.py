@@ -120,6 +120,8 @@ def test_decisions_audit_without_a_model(cli, tmp_path):
     p = (frame["decision"] == "approved").astype(int).to_numpy()
     assert m["fairness.group.demographic_parity_difference"] == pytest.approx(
         demographic_parity_difference(y, p, sensitive_features=frame["group"]), abs=1e-9)
+    card = (out / "model_card.md").read_text()
+    assert "trained or loaded no model" in card and "Target: `outcome`" in card and "`?`" not in card
     bad = cli("decisions", "--data", path, "--y-true", "nope", "--y-pred", "decision", "--sensitive", "group", "--out", tmp_path / "x")
     assert bad.code == 2 and "no column 'nope'" in bad.err
 
