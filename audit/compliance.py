@@ -91,17 +91,19 @@ def evidence_from_section(report: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 
 def compliance_section(metrics: dict[str, Any], evidence: list[tuple[str, str, str]],
-                       gate_rows: list[list[Any]] | None = None) -> Section:
+                       gate_table: Table | None = None) -> Section:
     """Build the section: a clause table (status and gate verdict), the headline evidence, and the index.
 
-    ``gate_rows`` are the gate section's table rows (rule, metric, value, threshold, severity, verdict, ...);
-    without them every clause reads "not gated".
+    ``gate_table`` is the gate section's "Rules" table (columns rule, metric, ..., verdict); without
+    it every clause reads "not gated".
     """
     verdicts: dict[str, list[tuple[str, str]]] = {}
-    for rule_id, metric, *_rest in gate_rows or []:
-        verdict = _rest[3]
-        base = next((metric[: -len(s)] for s in _INTERVAL_SUFFIXES if metric.endswith(s)), metric)
-        verdicts.setdefault(base, []).append((rule_id, verdict))
+    if gate_table is not None:
+        col = {name: i for i, name in enumerate(gate_table.columns)}
+        for row in gate_table.rows:
+            metric = row[col["metric"]]
+            base = next((metric[: -len(s)] for s in _INTERVAL_SUFFIXES if metric.endswith(s)), metric)
+            verdicts.setdefault(base, []).append((row[col["rule"]], row[col["verdict"]]))
     known = {c.id for c in CLAUSES}
     declared = [c for c in dict.fromkeys(tag for tag, _, _ in evidence) if c not in known]
     clauses = [*CLAUSES, *(Clause(tag, "declared by a plugin", "(no requirement text on record)") for tag in declared)]
@@ -154,5 +156,5 @@ def refresh_compliance(report: Report, evidence: list[tuple[str, str, str]]) -> 
     """Replace the report's compliance section, taking verdicts from its gate section when it has one."""
     report.remove_section(SECTION)
     gate = report.section("gate")
-    gate_rows = gate.tables[0].rows if gate is not None else None
-    report.add_section(compliance_section(report.metrics, evidence, gate_rows))
+    rules = next((t for t in gate.tables if t.title == "Rules"), None) if gate is not None else None
+    report.add_section(compliance_section(report.metrics, evidence, rules))

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from audit.compliance import CLAUSES, compliance_section, evidence_from_specs, spec_for
-from audit.report import MetricSpec
+from audit.report import MetricSpec, Table
 from tests.conftest import read_report
 
 SPECS = [
@@ -14,6 +14,10 @@ SPECS = [
     MetricSpec("fairness.*.group.*", None, "rate", "per group", ("NIST AI RMF MEASURE 2.11",)),
     MetricSpec("fairness.*", None, "rate", "any", ()),
 ]
+
+
+def _rules(*rows):
+    return Table("Rules", ["rule", "metric", "value", "threshold", "severity", "verdict", "detail", "rationale"], list(rows))
 
 
 def _rows(section, title):
@@ -33,9 +37,9 @@ def test_clause_verdicts_follow_the_gate_and_missing_clauses_are_named():
     evidence = evidence_from_specs(metrics, SPECS)
     assert ("NIST AI RMF MEASURE 2.11", "fairness.sex.group.F.size", "detail") in evidence
     assert not any(name.endswith(".ci_high") for _, name, _ in evidence)
-    gate_rows = [["acc", "performance.accuracy", 0.8, ">= 0.7", "error", "PASS", "", ""],
-                 ["dpd", "fairness.sex.demographic_parity_difference.ci_high", 0.25, "<= 0.1", "error", "FAIL", "", ""]]
-    section = compliance_section(metrics, evidence, gate_rows)
+    section = compliance_section(metrics, evidence, _rules(["acc", "performance.accuracy", 0.8, ">= 0.7", "error", "PASS", "", ""],
+                                                           ["dpd", "fairness.sex.demographic_parity_difference.ci_high", 0.25,
+                                                            "<= 0.1", "error", "FAIL", "", ""]))
     status = {row[0]: row[5] for row in _rows(section, "Clauses")}
     assert status["EU AI Act Art. 15"] == "PASS"
     assert status["NIST AI RMF MEASURE 2.11"] == "FAIL"  # a verdict on the interval bound maps to its metric
@@ -50,7 +54,7 @@ def test_clause_verdicts_follow_the_gate_and_missing_clauses_are_named():
     assert "MEASURE 2.10" in section.warnings[0] and "Art. 15" not in section.warnings[0]
     ungated = compliance_section(metrics, evidence, None)
     assert {row[0]: row[5] for row in _rows(ungated, "Clauses")}["EU AI Act Art. 15"] == "not gated"
-    warned = compliance_section(metrics, evidence, [["acc", "performance.accuracy", 0.8, ">= 0.9", "warn", "WARN", "", ""]])
+    warned = compliance_section(metrics, evidence, _rules(["acc", "performance.accuracy", 0.8, ">= 0.9", "warn", "WARN", "", ""]))
     assert {row[0]: row[5] for row in _rows(warned, "Clauses")}["EU AI Act Art. 15"] == "WARN"
 
 
