@@ -120,9 +120,13 @@ class AttackTarget:
 
     def select(self, rows: torch.Tensor) -> torch.Tensor:
         """The view inputs of ``rows`` (and point the feature view at their fixed columns)."""
+        self.point_at(rows)
+        return self.inputs[rows]
+
+    def point_at(self, rows: torch.Tensor) -> None:
+        """Make the next forward passes be about ``rows`` (a feature view needs their fixed columns)."""
         if isinstance(self.module, FeatureView):
             self.module.fixed = self.module.fixed_all[rows]
-        return self.inputs[rows]
 
 
 def attack_target(model: nn.Module, dataset: Dataset, x: torch.Tensor, *, perturb_categorical: bool) -> AttackTarget:
@@ -191,20 +195,26 @@ def retiring_pgd(attack: str, target: AttackTarget, rows: torch.Tensor, y: torch
         adv, grad = torch.clamp(images + delta, 0, 1), None
     else:
         adv, grad = images.clone(), clean_grad[rows]
+    target.point_at(rows)
     for step in range(steps + 1):
         if grad is None:
-            target.select(rows[active])
             point = adv.requires_grad_(step < steps)
             with torch.set_grad_enabled(step < steps):
                 logits = target.module(point)
             wrong = logits.argmax(1) != labels
-            fooled[active[wrong]] = True
-            if step == steps or bool(wrong.all()):
+            if step == steps:
+                fooled[active[wrong]] = True
                 break
-            keep = ~wrong
-            grad = torch.autograd.grad(nn.functional.cross_entropy(logits[keep], labels[keep]), point)[0]
-            if not bool(keep.all()):
-                active, images, labels, adv, grad = active[keep], images[keep], labels[keep], adv[keep], grad[keep]
+            if bool(wrong.any()):
+                fooled[active[wrong]] = True
+                keep = ~wrong
+                if not bool(keep.any()):
+                    break
+                grad = torch.autograd.grad(nn.functional.cross_entropy(logits[keep], labels[keep]), point)[0][keep]
+                active, images, labels, adv = active[keep], images[keep], labels[keep], adv[keep]
+                target.point_at(rows[active])
+            else:
+                grad = torch.autograd.grad(nn.functional.cross_entropy(logits, labels), point)[0]
         adv = adv.detach()
         if attack == "pgd-l2":
             grad = grad / (grad.flatten(1).norm(dim=1) + 1e-10).view(shape)  # torchattacks' eps_for_division
@@ -213,7 +223,7 @@ def retiring_pgd(attack: str, target: AttackTarget, rows: torch.Tensor, y: torch
         else:
             delta = torch.clamp(adv + alpha * eps * grad.sign() - images, -eps, eps)
         adv, grad = torch.clamp(images + delta, 0, 1), None
-    target.select(torch.arange(len(y), device=y.device))
+    target.point_at(torch.arange(len(y), device=y.device))
     return fooled
 
 
