@@ -80,3 +80,25 @@ def test_samplers_cover_rows():
     poisson = PoissonBatches(num_rows=10000, sample_rate=0.01)
     sizes = [len(b) for b in poisson(gen)]
     assert len(sizes) == 100 and 80 < sum(sizes) / len(sizes) < 120
+
+
+@pytest.mark.parametrize("num_rows, rate", [(10000, 0.01), (300, 0.3), (50, 0.9), (7, 1.0)])
+def test_poisson_batches_are_a_bernoulli_process(num_rows, rate):
+    # the sampler draws the gaps between kept rows; the result must be each row kept independently with probability q
+    sampler = PoissonBatches(num_rows=num_rows, sample_rate=rate)
+    gen = torch.Generator().manual_seed(1)
+    draws = [sampler.sample(gen) for _ in range(2000)]
+    hits = torch.zeros(num_rows)
+    for batch in draws:
+        assert batch.dtype == torch.long and (batch.diff() > 0).all()  # sorted, no row twice
+        assert len(batch) == 0 or (0 <= int(batch.min()) and int(batch.max()) < num_rows)
+        hits[batch] += 1
+    sizes = torch.tensor([len(b) for b in draws], dtype=torch.float64)
+    mean, var = num_rows * rate, num_rows * rate * (1 - rate)
+    assert abs(float(sizes.mean()) - mean) < 4 * math.sqrt(var / 2000) + 1e-9
+    if var > 0:
+        assert 0.85 < float(sizes.var()) / var < 1.15
+    per_row = hits / 2000
+    assert float((per_row - rate).abs().max()) < 5 * math.sqrt(rate * (1 - rate) / 2000) + 1e-9
+    # the first and last rows are as likely as any other (no edge effect at 0 or N-1)
+    assert abs(float(per_row[0]) - rate) < 5 * math.sqrt(rate * (1 - rate) / 2000) + 1e-9
