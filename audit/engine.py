@@ -125,6 +125,13 @@ class TrainResult:
     warnings: list[str]
 
 
+def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """The L2 norm of all gradients together (``get_total_norm`` exists from torch 2.6 on)."""
+    if hasattr(nn.utils, "get_total_norm"):
+        return nn.utils.get_total_norm(grads)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) if grads else torch.zeros(())
+
+
 def _fused_available() -> bool:
     return tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 4)
 
@@ -238,7 +245,7 @@ def train(setup: TrainingSetup, *, after_epoch: Callable[[EpochState], list[dict
             if setup.grad_clip is not None:
                 norms[step] = nn.utils.clip_grad_norm_(params, setup.grad_clip)
             elif setup.track_grad_norm:  # the norm only, without clip_grad_norm_'s multiply by 1
-                norms[step] = nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+                norms[step] = _total_norm([p.grad for p in params if p.grad is not None])
             if scaler is not None:
                 scaler.step(optimizer)
                 scaler.update()
