@@ -160,7 +160,7 @@ def _correct(module: nn.Module, inputs: torch.Tensor, y: torch.Tensor) -> torch.
 
 def clean_pass(target: AttackTarget, y: torch.Tensor, *, with_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One forward pass on the clean rows: the correct mask and, if asked, torchattacks' loss gradient there."""
-    target.select(torch.arange(len(y), device=y.device))
+    target.point_at(torch.arange(len(y), device=y.device))
     point = target.inputs.detach().requires_grad_(with_grad)
     with torch.set_grad_enabled(with_grad):
         logits = target.module(point)
@@ -243,9 +243,8 @@ def sweep(target: AttackTarget, y: torch.Tensor, attack: str, eps_list: list[flo
             alive[idx[fooled]] = False
         elif len(idx):
             adv = make_attack(attack, target.module, eps / target.eps_scale, steps=steps, alpha=alpha, random_start=random_start)(target.select(idx), y[idx])
-            target.select(idx)
             alive[idx[~_correct(target.module, adv, y[idx])]] = False
-            target.select(torch.arange(len(y), device=y.device))
+            target.point_at(torch.arange(len(y), device=y.device))
         masks[eps] = alive.clone()
     return masks
 
@@ -259,7 +258,6 @@ def independent(target: AttackTarget, y: torch.Tensor, attack: str, eps_list: li
         torch.manual_seed(seed)
         inputs = target.select(rows)
         adv = make_attack(attack, target.module, eps / target.eps_scale, steps=steps, alpha=alpha, random_start=random_start)(inputs, y)
-        target.select(rows)
         masks[eps] = _correct(target.module, adv, y)
     return masks
 
@@ -294,7 +292,6 @@ def audit_prepare_training(setup: TrainingSetup) -> None:
         target = attack_target(model, dataset, x, perturb_categorical=perturb_categorical)
         rows = torch.arange(len(y), device=x.device)
         adv = make_attack("pgd", target.module, eps / target.eps_scale, steps=steps, alpha=alpha, random_start=True)(target.select(rows), y)
-        target.select(rows)
         return target.module.to_input(adv).detach() if isinstance(target.module, FeatureView) else adv.detach()
 
     setup.batch_transform = adversarial_batch
@@ -400,7 +397,6 @@ def _sanity_checks(ctx: EvalContext, section: Section, target: AttackTarget, y: 
     chance = float(torch.bincount(ctx.dataset.train.y if len(ctx.dataset.train) else ctx.test_y).max()) / max(len(ctx.dataset.train) or len(ctx.test_y), 1)
     subset = torch.arange(min(len(y), 200), device=y.device)
     huge = make_attack("pgd", target.module, 1.0, steps=steps, alpha=alpha, random_start=False)(target.select(subset), y[subset])
-    target.select(subset)
     huge_acc = float(_correct(target.module, huge, y[subset]).float().mean())
     section.add_metric("unbounded_pgd_accuracy", huge_acc)
     near = huge_acc <= chance + 0.1
