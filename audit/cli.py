@@ -81,7 +81,10 @@ def _add_training(p: argparse.ArgumentParser) -> None:
 # Library warnings that say nothing actionable about a run: Opacus' RDP accountant hitting its
 # largest order (the bound is still valid), and torch's note on full backward hooks when the
 # inputs need no gradient (Opacus' per-sample hooks on the first layer).
-BENIGN_LIBRARY_WARNINGS = ("Optimal order is the largest alpha", "Full backward hook is firing when gradients are computed")
+# Library warnings a user can do nothing about: Opacus' accountant and hook path, and torch's deprecation of the
+# eager int8 kernels that --compress quantize measures with.
+BENIGN_LIBRARY_WARNINGS = ("Optimal order is the largest alpha", "Full backward hook is firing when gradients are computed",
+                           "torch.quantize_per_tensor, torch.quantize_per_channel and other quantized tensor")
 
 
 def build_parser(plugin_options: list[CliOption], commands: list[Command] = ()) -> argparse.ArgumentParser:

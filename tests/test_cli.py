@@ -146,3 +146,13 @@ def test_quiet_also_silences_library_warnings(tmp_path):
     quiet = subprocess.run(args, capture_output=True, text=True)
     assert quiet.returncode == 0, quiet.stderr
     assert quiet.stderr.strip() == "" and quiet.stdout.strip() == ""
+
+
+def test_benign_library_warnings_are_filtered_without_quiet(tmp_path):
+    # Opacus' hook path (digits' CNN) and --compress quantize each raise a library warning the user cannot act on
+    args = [sys.executable, "-m", "audit.cli", "train", "--data", "digits", "--epochs", "1", "--dp", "--noise-multiplier", "0.3",
+            "--compress", "quantize", "--out", str(tmp_path / "w")]
+    loud = subprocess.run(args, capture_output=True, text=True)
+    assert loud.returncode == 0, loud.stderr
+    assert "Warning" not in loud.stderr, loud.stderr
+    assert "efficiency." in loud.stdout
