@@ -101,9 +101,7 @@ class FeatureView(nn.Module):
     def to_input(self, view: torch.Tensor) -> torch.Tensor:
         """The model input for a view of the rows in ``self.fixed``."""
         values = torch.minimum(self.lower + self.scale * view.flatten(1), self.upper)
-        full = self.fixed.clone()
-        full[:, self.index] = values
-        return full
+        return self.fixed.index_copy(1, self.index, values)
 
     def forward(self, view: torch.Tensor) -> torch.Tensor:
         return self.model(self.to_input(view))
@@ -228,12 +226,14 @@ def retiring_pgd(attack: str, target: AttackTarget, rows: torch.Tensor, y: torch
 
 
 def sweep(target: AttackTarget, y: torch.Tensor, attack: str, eps_list: list[float], *, steps: int, alpha: float,
-          random_start: bool, seed: int) -> dict[float, torch.Tensor]:
+          random_start: bool, seed: int, clean: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[float, torch.Tensor]:
     """Robust-correct mask per epsilon, cascading: a row wrong at a smaller epsilon is wrong at every larger one,
-    so each epsilon attacks only the rows still standing, and PGD retires rows as they fall. Returns {eps: mask}."""
+    so each epsilon attacks only the rows still standing, and PGD retires rows as they fall. ``clean`` is a
+    ``clean_pass(..., with_grad=True)`` already made on these rows. Returns {eps: mask}."""
     torch.manual_seed(seed)
     pgd = attack != "fgsm"
-    alive, clean_grad = clean_pass(target, y, with_grad=pgd and not random_start)
+    alive, clean_grad = clean or clean_pass(target, y, with_grad=pgd and not random_start)
+    alive = alive.clone()
     masks = {}
     for eps in sorted(eps_list):
         idx = torch.nonzero(alive).squeeze(1)
@@ -320,7 +320,7 @@ def audit_evaluate(ctx: EvalContext) -> Section | None:
     x, y = data.test.x[rows].to(ctx.device), data.test.y[rows].to(ctx.device)
     model = ctx.model.eval()
     target = attack_target(model, data, x, perturb_categorical=config.option("perturb_categorical", False))
-    clean_mask = _correct(target.module, target.select(torch.arange(n, device=x.device)), y)
+    clean_mask, clean_grad = clean_pass(target, y, with_grad=True)  # shared by every PGD sweep's first step
     clean = float(clean_mask.float().mean())
     section = Section("robustness", "Adversarial robustness")
     section.add_metric("clean_accuracy", clean)
@@ -330,8 +330,11 @@ def audit_evaluate(ctx: EvalContext) -> Section | None:
     rows_table = []
     for attack in attacks:
         # FGSM runs fresh at every epsilon so its raw curve can reveal gradient masking; PGD sweeps (see sweep: less work, never weaker).
-        run = independent if attack == "fgsm" else sweep
-        masks = run(target, y, attack, eps_list, steps=steps, alpha=alpha, random_start=random_start, seed=ctx.seed)
+        kw = dict(steps=steps, alpha=alpha, random_start=random_start, seed=ctx.seed)
+        if attack == "fgsm":
+            masks = independent(target, y, attack, eps_list, **kw)
+        else:
+            masks = sweep(target, y, attack, eps_list, clean=(clean_mask, clean_grad), **kw)
         masks_by_attack[attack] = masks
         accs = [float(masks[e].float().mean()) for e in eps_list]
         curves[attack] = accs
