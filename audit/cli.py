@@ -79,9 +79,8 @@ def _add_training(p: argparse.ArgumentParser) -> None:
 
 
 # Library warnings that say nothing actionable about a run: Opacus' RDP accountant hitting its
-# largest order (the bound is still valid), and torch's note on full backward hooks when the
-# inputs need no gradient (Opacus' per-sample hooks on the first layer).
-# Library warnings a user can do nothing about: Opacus' accountant and hook path, and torch's deprecation of the
+# largest order (the bound is still valid), torch's note on full backward hooks when the inputs
+# need no gradient (Opacus' per-sample hooks on the first layer), and torch's deprecation of the
 # eager int8 kernels that --compress quantize measures with.
 BENIGN_LIBRARY_WARNINGS = ("Optimal order is the largest alpha", "Full backward hook is firing when gradients are computed",
                            "torch.quantize_per_tensor, torch.quantize_per_channel and other quantized tensor")
@@ -115,15 +114,41 @@ def build_parser(plugin_options: list[CliOption], commands: list[Command] = ()) 
         if command.name in sub.choices:
             raise AuditError(f"two plugins provide the subcommand {command.name!r}")
         command.add_arguments(sub.add_parser(command.name, help=command.help))
+    parser.command_parsers = dict(sub.choices)
     return parser
+
+
+def config_file_tokens(values: dict[str, Any], command: argparse.ArgumentParser, train: argparse.ArgumentParser) -> list[str]:
+    """A YAML config's option: value pairs as command-line tokens, so argparse checks them exactly as it checks flags.
+
+    Lists join with commas, ``true`` turns a switch on, ``null`` picks the option's "off" form (``patience: null``
+    is --no-early-stopping). Training options in a config given to ``evaluate`` are skipped: they do not apply.
+    """
+    tokens: list[str] = []
+    for key, value in values.items():
+        actions = [a for a in command._actions if a.dest == key and a.option_strings]
+        if not actions:
+            if any(a.dest == key for a in train._actions):
+                continue
+            raise AuditError(f"option {key!r} is unknown; expected a flag of 'audit train --help'")
+        if value is None:
+            off = [a for a in actions if a.nargs == 0 and a.const is None]
+            tokens += [off[0].option_strings[0]] if off else []
+            continue
+        action = next((a for a in actions if a.nargs != 0 or a.const is not None), actions[0])
+        flag = action.option_strings[-1] if action.option_strings[-1].startswith("--") else action.option_strings[0]
+        if isinstance(value, bool) and (action.nargs == 0 or action.nargs == "?"):
+            tokens += [flag] if value else []
+        elif isinstance(value, (list, tuple)):
+            tokens += [flag, ",".join(str(v) for v in value)]
+        else:
+            tokens += [flag, str(value)]
+    return tokens
 
 
 def _merge(args: argparse.Namespace, plugin_options: list[CliOption], argv: Sequence[str]) -> dict[str, Any]:
     values: dict[str, Any] = {o.dest: o.kwargs.get("default") for o in plugin_options if args.cmd in o.commands}
-    given = {k: v for k, v in vars(args).items() if k not in ("cmd", "verbose")}
-    if "config_file" in given:
-        values.update(load_yaml_config(given["config_file"]))
-    values.update(given)
+    values.update({k: v for k, v in vars(args).items() if k not in ("cmd", "verbose")})
     values["command"] = args.cmd
     values["command_line"] = ["audit", *argv]
     return values
@@ -148,6 +173,14 @@ def _run(argv: Sequence[str]) -> int:
     commands = [c for group in pm.hook.audit_commands() for c in (group or [])]
     parser = build_parser(plugin_options, commands)
     args = parser.parse_args(argv)
+    if getattr(args, "config_file", None):
+        # The file's values go in right after the subcommand, so argparse checks them and later flags win.
+        tokens = config_file_tokens(load_yaml_config(args.config_file), parser.command_parsers[args.cmd], parser.command_parsers["train"])
+        at = argv.index(args.cmd) + 1
+        try:
+            args = parser.parse_args([*argv[:at], *tokens, *argv[at:]])
+        except AuditError as exc:
+            raise AuditError(f"{exc} (from config file {args.config_file})") from None
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.cmd in ("train", "evaluate"):
         from audit.runner import run_evaluate, run_train

@@ -3,6 +3,7 @@ per-group robust accuracy, gradient-masking checks, and PGD adversarial training
 
 from __future__ import annotations
 
+import argparse
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +30,7 @@ def _floats(value: str) -> list[float]:
     try:
         return [float(v) for v in value.split(",") if v.strip()]
     except ValueError:
-        raise ValueError(f"expected comma-separated numbers, got {value!r}") from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {value!r}") from None
 
 
 @hookimpl
@@ -37,22 +38,39 @@ def audit_cli_options() -> list[CliOption]:
     return [
         CliOption(("--robustness",), dict(nargs="?", const="eval", choices=["eval", "adv-train"], default=None,
                                           help="evaluate adversarial robustness; 'adv-train' also trains with PGD examples")),
-        CliOption(("--attack",), dict(default="fgsm,pgd", help=f"attacks, comma-separated: {', '.join(ATTACKS)} [fgsm,pgd]")),
+        CliOption(("--attack",), dict(default=None, help=f"attacks, comma-separated: {', '.join(ATTACKS)} [fgsm,pgd]")),
         CliOption(("--eps",), dict(type=_floats, default=None, help="epsilons to sweep (standardised units for tabular data, pixel units for images)")),
-        CliOption(("--pgd-steps",), dict(type=int, default=10, help="PGD steps [10]")),
+        CliOption(("--pgd-steps",), dict(type=int, default=None, help="PGD steps [10]")),
         CliOption(("--pgd-alpha",), dict(type=float, default=None, help="PGD step size as a fraction of epsilon [0.25]")),
         CliOption(("--random-start",), dict(action="store_true", default=False, help="PGD starts from a random point in the ball")),
-        CliOption(("--robustness-samples",), dict(type=int, default=1000, help="seeded subset of test rows to attack [1000]")),
+        CliOption(("--robustness-samples",), dict(type=int, default=None, help="seeded subset of test rows to attack [1000]")),
         CliOption(("--adv-eps",), dict(type=float, default=None, help="epsilon for --robustness adv-train [the middle --eps]"), commands=("train",)),
         CliOption(("--perturb-categorical",), dict(action="store_true", default=False,
                                                    help="also perturb one-hot columns (off: only numeric features move)")),
     ]
 
 
+# Options that mean nothing without --robustness, and the defaults they take with it.
+OPTION_FLAGS = {"attack": "--attack", "eps": "--eps", "pgd_steps": "--pgd-steps", "pgd_alpha": "--pgd-alpha",
+                "random_start": "--random-start", "robustness_samples": "--robustness-samples", "adv_eps": "--adv-eps",
+                "perturb_categorical": "--perturb-categorical"}
+OPTION_DEFAULTS = {"attack": "fgsm,pgd", "pgd_steps": 10, "pgd_alpha": 0.25, "robustness_samples": 1000}
+
+
 @hookimpl
 def audit_configure(config: RunConfig) -> None:
     mode = config.option("robustness")
-    attacks = [a.strip() for a in str(config.option("attack", "fgsm,pgd")).split(",") if a.strip()]
+    given = [flag for dest, flag in OPTION_FLAGS.items() if config.option(dest) not in (None, False)]
+    if mode is None:
+        if given:
+            raise AuditError(f"{', '.join(given)} only apply with --robustness")
+        return
+    if mode != "adv-train" and config.option("adv_eps") is not None:
+        raise AuditError("--adv-eps only applies with --robustness adv-train")
+    for dest, value in OPTION_DEFAULTS.items():
+        if config.option(dest) is None:
+            config.options[dest] = value
+    attacks = [a.strip() for a in str(config.option("attack")).split(",") if a.strip()]
     unknown = [a for a in attacks if a not in ATTACKS]
     if unknown:
         raise AuditError(f"--attack {','.join(unknown)!r} is unknown; expected a list of {', '.join(ATTACKS)}")
@@ -62,9 +80,13 @@ def audit_configure(config: RunConfig) -> None:
     eps = config.option("eps")
     if eps is not None and (not eps or any(not e > 0 for e in eps)):
         raise AuditError(f"--eps must be positive numbers, got {eps}")
-    if config.option("pgd_steps", 10) < 1:
+    if config.option("pgd_steps") < 1:
         raise AuditError("--pgd-steps must be at least 1")
-    if config.option("robustness_samples", 1000) < 1:
+    if not config.option("pgd_alpha") > 0:
+        raise AuditError(f"--pgd-alpha must be a positive fraction of epsilon, got {config.option('pgd_alpha')}")
+    if config.option("adv_eps") is not None and not config.option("adv_eps") > 0:
+        raise AuditError(f"--adv-eps must be positive, got {config.option('adv_eps')}")
+    if config.option("robustness_samples") < 1:
         raise AuditError("--robustness-samples must be at least 1")
     if mode == "adv-train":
         if config.option("dp", False):
@@ -284,7 +306,7 @@ def audit_prepare_training(setup: TrainingSetup) -> None:
         return
     eps_list = _eps_list(config, setup.dataset)
     eps = config.option("adv_eps") or eps_list[len(eps_list) // 2]
-    steps, alpha = config.option("pgd_steps", 10), config.option("pgd_alpha") or 0.25
+    steps, alpha = config.option("pgd_steps"), config.option("pgd_alpha")
     model, dataset = setup.model, setup.dataset
     perturb_categorical = config.option("perturb_categorical", False)
 
@@ -311,11 +333,11 @@ def audit_evaluate(ctx: EvalContext) -> Section | None:
     if config.option("robustness") is None:
         return None
     data = ctx.dataset
-    attacks = config.option("attack", "fgsm,pgd").split(",")
+    attacks = config.option("attack").split(",")
     eps_list = _eps_list(config, data)
-    steps, alpha, random_start = config.option("pgd_steps", 10), config.option("pgd_alpha") or 0.25, config.option("random_start", False)
+    steps, alpha, random_start = config.option("pgd_steps"), config.option("pgd_alpha"), config.option("random_start", False)
     generator = torch.Generator().manual_seed(ctx.seed + 31337)
-    n = min(len(data.test), config.option("robustness_samples", 1000))
+    n = min(len(data.test), config.option("robustness_samples"))
     rows = torch.randperm(len(data.test), generator=generator)[:n]
     x, y = data.test.x[rows].to(ctx.device), data.test.y[rows].to(ctx.device)
     model = ctx.model.eval()

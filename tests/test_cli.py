@@ -72,6 +72,20 @@ def test_yaml_config_is_read_and_flags_win(cli, loans_csv, tmp_path):
     assert run["epochs"] == 2 and run["hidden"] == [8] and run["batch_size"] == 32
 
 
+def test_yaml_values_take_the_flags_forms(cli, tmp_path):
+    # a scalar where the flag takes a list, a list where it takes comma-separated text, true for a switch,
+    # null for the switch's off form; training-only keys are skipped by evaluate
+    config = tmp_path / "run.yaml"
+    config.write_text("data: digits\nepochs: 1\npatience: null\nrobustness: true\nattack: [pgd]\neps: 0.1\n"
+                      "robustness-samples: 40\npgd-steps: 2\n")
+    out = tmp_path / "run"
+    assert cli("train", "--config", config, "--out", out, "-q").code == 0
+    run = read_report(out)["run"]["config"]
+    assert run["patience"] is None and run["options"]["eps"] == [0.1] and run["options"]["attack"] == "pgd"
+    assert "robustness.pgd.eps_0p1.robust_accuracy" in read_report(out)["metrics"]
+    assert cli("evaluate", "--model", out / "model.pt", "--config", config, "--out", tmp_path / "eval", "-q").code == 0
+
+
 def test_report_rerenders_from_json(cli, loans_csv, tmp_path):
     out = tmp_path / "run"
     assert cli("train", "--data", loans_csv, "--target", "defaulted", "--epochs", "1", "--out", out, "-q").code == 0
@@ -104,6 +118,11 @@ def test_plugins_lists_the_builtins(cli):
     (["evaluate", "--model", "{corrupt}"], "could not be read"),
     (["train", "--data", "{csv}"], "--target is required"),
     (["train", "--config", "{badyaml}"], "unknown"),
+    (["train", "--config", "{wrongtype}"], "argument --epochs: invalid int value: 'ten' (from config file"),
+    (["train", "--eps", "0.1"], "--eps only apply with --robustness"),
+    (["train", "--robustness", "--eps", "abc"], "expected comma-separated numbers, got 'abc'"),
+    (["train", "--robustness", "--pgd-alpha", "0"], "--pgd-alpha must be a positive fraction of epsilon"),
+    (["train", "--robustness", "--adv-eps", "0.1"], "--adv-eps only applies with --robustness adv-train"),
 ])
 def test_bad_input_is_one_line_and_exit_2(cli, tmp_path, loans_csv, args, expected):
     paths = {"csv": loans_csv}
@@ -118,6 +137,8 @@ def test_bad_input_is_one_line_and_exit_2(cli, tmp_path, loans_csv, args, expect
     paths["corrupt"].write_bytes(b"not a checkpoint at all")
     paths["badyaml"] = tmp_path / "bad.yaml"
     paths["badyaml"].write_text("learning_rate: 3\n")
+    paths["wrongtype"] = tmp_path / "wrong.yaml"
+    paths["wrongtype"].write_text("epochs: ten\n")
     out = tmp_path / "out"
     argv = [a.format(**paths) for a in args] + ["--out", str(out)] if args[0] in ("train", "evaluate") else args
     result = cli(*argv)
