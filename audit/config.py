@@ -92,6 +92,12 @@ class RunConfig:
         """Return a plugin option by its ``dest`` name."""
         return self.options.get(name, default)
 
+    def refuse_without(self, switch: str, flags: dict[str, str]) -> None:
+        """Refuse options ({flag: dest}) given without the ``switch`` they belong to, in one line (exit code 2)."""
+        given = [flag for flag, dest in flags.items() if self.option(dest) not in (None, False)]
+        if given:
+            raise AuditError(f"{', '.join(given)} only {'applies' if len(given) == 1 else 'apply'} with {switch}")
+
     def to_dict(self) -> dict[str, Any]:
         """Return the configuration as JSON-able data."""
         return dataclasses.asdict(self)

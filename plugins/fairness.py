@@ -24,6 +24,9 @@ from audit_plugins.fairness_metrics import RATES, SUMMARIES, GroupAudit, audit_g
 log = logging.getLogger(__name__)
 TAGS = ("EU AI Act Art. 10(2)(f)", "EU AI Act Art. 10(5)", "NIST AI RMF MEASURE 2.11")
 INTERSECTION = "&"
+MIN_GROUP_SIZE, BOOTSTRAP = 30, 1000
+SENSITIVE_ONLY_FLAGS = {"--postprocess": "postprocess", "--min-group-size": "min_group_size",
+                        "--fairness-bootstrap": "fairness_bootstrap", "--fairness-baseline": "fairness_baseline"}
 
 
 @hookimpl
@@ -36,8 +39,8 @@ def audit_cli_options() -> list[CliOption]:
                                                  help="also train without mitigation and report both sets of fairness metrics"), commands=("train",)),
         CliOption(("--postprocess",), dict(choices=["demographic_parity", "equalized_odds"], default=None,
                                            help="also report Fairlearn's ThresholdOptimizer fitted on the validation split")),
-        CliOption(("--min-group-size",), dict(type=int, default=30, help="warn about groups smaller than this [30]")),
-        CliOption(("--fairness-bootstrap",), dict(type=int, default=1000, help="bootstrap resamples for 95%% intervals [1000]")),
+        CliOption(("--min-group-size",), dict(type=int, default=None, help=f"warn about groups smaller than this [{MIN_GROUP_SIZE}]")),
+        CliOption(("--fairness-bootstrap",), dict(type=int, default=None, help=f"bootstrap resamples for 95%% intervals [{BOOTSTRAP}]")),
         CliOption(("--reweight-epsilon",), dict(type=float, default=None,
                                                 help="privatise the reweighing counts with Laplace noise at this epsilon (for --dp runs)"),
                   commands=("train",)),
@@ -53,14 +56,21 @@ def audit_configure(config: RunConfig) -> None:
     mode = config.option("fairness")
     if mode is not None and not config.sensitive:
         raise AuditError("--fairness needs --sensitive COLUMN[,COLUMN]: the groups to compare")
-    if config.option("postprocess") and not config.sensitive:
-        raise AuditError("--postprocess needs --sensitive COLUMN[,COLUMN]")
+    if not config.sensitive:
+        config.refuse_without("--sensitive COLUMN[,COLUMN]", SENSITIVE_ONLY_FLAGS)
+    if config.option("fairness_baseline", False) and mode != "reweight":
+        raise AuditError("--fairness-baseline applies only with --fairness reweight: without a mitigation there is nothing to compare")
+    for dest, value in (("min_group_size", MIN_GROUP_SIZE), ("fairness_bootstrap", BOOTSTRAP)):
+        if config.option(dest) is None:
+            config.options[dest] = value
+    if config.option("min_group_size") < 1:
+        raise AuditError(f"--min-group-size must be at least 1, got {config.option('min_group_size')}")
     if config.option("reweight_epsilon") is not None:
         if mode != "reweight":
             raise AuditError("--reweight-epsilon applies only with --fairness reweight")
         if not config.option("reweight_epsilon") > 0:
             raise AuditError(f"--reweight-epsilon must be positive, got {config.option('reweight_epsilon')}")
-    if config.option("fairness_bootstrap", 1000) < 0:
+    if config.option("fairness_bootstrap") < 0:
         raise AuditError("--fairness-bootstrap must be 0 or more")
 
 
@@ -223,8 +233,8 @@ def audit_evaluate(ctx: EvalContext) -> Section | None:
         return section
     y_true, y_pred = labels
     section, _ = fairness_section(y_true, y_pred, ctx.dataset.test.groups, ctx.dataset.sensitive,
-                                  n_boot=config.option("fairness_bootstrap", 1000), seed=ctx.seed,
-                                  min_group_size=config.option("min_group_size", 30))
+                                  n_boot=config.option("fairness_bootstrap"), seed=ctx.seed,
+                                  min_group_size=config.option("min_group_size"))
     accuracy = float((y_true == y_pred).mean())
     mitigation = ctx.artifacts.get("fairness") or ctx.checkpoint_metadata.get("fairness")
     if mitigation and ctx.training is not None:
@@ -292,8 +302,8 @@ def _decisions_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--score", help="column of scores (for ROC AUC)")
     parser.add_argument("--sensitive", required=True, help="comma-separated sensitive columns")
     parser.add_argument("--positive-label", help="the favourable value in y-true and y-pred [1, or the second sorted value]")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples [1000]")
-    parser.add_argument("--min-group-size", type=int, default=30)
+    parser.add_argument("--bootstrap", type=int, default=BOOTSTRAP, help=f"bootstrap resamples [{BOOTSTRAP}]")
+    parser.add_argument("--min-group-size", type=int, default=MIN_GROUP_SIZE, help=f"warn about groups smaller than this [{MIN_GROUP_SIZE}]")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/decisions", help="output folder [runs/decisions]")
     parser.add_argument("--policy", help="gate the report against this policy (exit 1 on failure)")
@@ -317,6 +327,10 @@ def run_decisions(args: argparse.Namespace) -> int:
     from audit.plugins import get_plugin_manager
     from audit.runner import finalize_report, package_versions, write_outputs
 
+    if args.bootstrap < 0:
+        raise AuditError(f"--bootstrap must be 0 or more, got {args.bootstrap}")
+    if args.min_group_size < 1:
+        raise AuditError(f"--min-group-size must be at least 1, got {args.min_group_size}")
     frame, digest = read_table(args.data)
     sensitive = [c.strip() for c in args.sensitive.split(",") if c.strip()]
     for col in [args.y_true, args.y_pred] + ([args.score] if args.score else []):

@@ -21,6 +21,7 @@ from audit_plugins.membership_inference import class_calibrated_scores, run_atta
 log = logging.getLogger(__name__)
 TAGS = ("NIST AI RMF MEASURE 2.10", "EU AI Act Art. 10(5)")
 MIA_SAMPLES = 5000
+MIA_MIN_SAMPLES = 10  # per side: the attacks split each side in halves (calibration / Clopper-Pearson bounds)
 # Noisy clipped gradients are smaller than plain ones; 3e-3 with Adam reached 0.851 on Adult at epsilon 1 (1e-3: 0.838).
 DP_DEFAULT_LR = 3e-3
 
@@ -31,31 +32,39 @@ def audit_cli_options() -> list[CliOption]:
         CliOption(("--dp",), dict(action="store_true", default=False, help="train with DP-SGD (Opacus)"), commands=("train",)),
         CliOption(("--epsilon",), dict(type=float, default=None, help="privacy budget for the whole run; calibrates the noise"), commands=("train",)),
         CliOption(("--noise-multiplier",), dict(type=float, default=None, help="DP-SGD noise multiplier (instead of --epsilon)"), commands=("train",)),
-        CliOption(("--max-grad-norm",), dict(type=float, default=1.0, help="per-sample gradient clipping norm [1.0]"), commands=("train",)),
+        CliOption(("--max-grad-norm",), dict(type=float, default=None, help="per-sample gradient clipping norm [1.0]"), commands=("train",)),
         CliOption(("--delta",), dict(type=float, default=None, help="delta [the power of ten below 1/N]"), commands=("train",)),
-        CliOption(("--accountant",), dict(choices=["rdp", "prv"], default="rdp", help="Opacus accountant [rdp]"), commands=("train",)),
+        CliOption(("--accountant",), dict(choices=["rdp", "prv"], default=None, help="Opacus accountant [rdp]"), commands=("train",)),
         CliOption(("--dp-baseline",), dict(action="store_true", default=False, help="also train without DP and compare accuracy"), commands=("train",)),
         CliOption(("--mia-samples",), dict(type=int, default=MIA_SAMPLES, help=f"rows per side for the membership-inference audit [{MIA_SAMPLES}]")),
     ]
+
+
+# Options that mean nothing without --dp, and the defaults they take with it.
+DP_ONLY_FLAGS = {"--epsilon": "epsilon", "--noise-multiplier": "noise_multiplier", "--delta": "delta", "--max-grad-norm": "max_grad_norm",
+                 "--accountant": "accountant", "--dp-baseline": "dp_baseline"}
+DP_DEFAULTS = {"max_grad_norm": 1.0, "accountant": "rdp"}
 
 
 @hookimpl
 def audit_configure(config: RunConfig) -> None:
     dp = config.option("dp", False)
     epsilon, sigma = config.option("epsilon"), config.option("noise_multiplier")
+    if config.option("mia_samples", MIA_SAMPLES) < MIA_MIN_SAMPLES:
+        raise AuditError(f"--mia-samples must be at least {MIA_MIN_SAMPLES}, got {config.option('mia_samples')}")
     if not dp:
-        given = [flag for flag, value in (("--epsilon", epsilon), ("--noise-multiplier", sigma), ("--delta", config.option("delta")),
-                                          ("--dp-baseline", config.option("dp_baseline") or None)) if value is not None]
-        if given:
-            raise AuditError(f"{', '.join(given)} only apply with --dp")
+        config.refuse_without("--dp", DP_ONLY_FLAGS)
         return
+    for dest, value in DP_DEFAULTS.items():
+        if config.option(dest) is None:
+            config.options[dest] = value
     if (epsilon is None) == (sigma is None):
         raise AuditError("--dp needs exactly one of --epsilon E (calibrate the noise) or --noise-multiplier S")
     if epsilon is not None and not epsilon > 0:
         raise AuditError(f"--epsilon must be positive, got {epsilon}")
     if sigma is not None and not sigma > 0:
         raise AuditError(f"--noise-multiplier must be positive, got {sigma}")
-    if not config.option("max_grad_norm", 1.0) > 0:
+    if not config.option("max_grad_norm") > 0:
         raise AuditError("--max-grad-norm must be positive")
     if config.compile:
         raise AuditError("--compile cannot be combined with --dp: Opacus' per-sample gradient hooks need the eager model")
@@ -106,12 +115,12 @@ def audit_prepare_training(setup: TrainingSetup) -> None:
     sample_rate = min(1.0, config.batch_size / n)
     sampler = PoissonBatches(num_rows=n, sample_rate=sample_rate)
     planned_steps = config.epochs * sampler.steps_per_epoch
-    accountant_name = config.option("accountant", "rdp")
+    accountant_name = config.option("accountant")
     sigma = config.option("noise_multiplier")
     if sigma is None:
         sigma = get_noise_multiplier(target_epsilon=config.option("epsilon"), target_delta=delta, sample_rate=sample_rate,
                                      steps=planned_steps, accountant=accountant_name)
-    max_grad_norm = config.option("max_grad_norm", 1.0)
+    max_grad_norm = config.option("max_grad_norm")
     noise_generator = torch.Generator(device=setup.device).manual_seed(config.seed + 104729)
     accountant = _make_accountant(accountant_name)
     account = accountant.get_optimizer_hook_fn(sample_rate=sample_rate)
@@ -203,6 +212,9 @@ def _mia(ctx: EvalContext, section: Section, delta: float) -> None:
         return
     rng = np.random.default_rng(ctx.seed + 15485863)
     k = min(len(train_losses), len(held_losses), ctx.config.option("mia_samples", MIA_SAMPLES))
+    if k < MIA_MIN_SAMPLES:
+        section.notes.append(f"membership-inference audit skipped: {k} rows per side, fewer than the {MIA_MIN_SAMPLES} it needs")
+        return
     members = rng.choice(len(train_losses), k, replace=False)
     nonmembers = rng.choice(len(held_losses), k, replace=False)
     y_train, y_test = ctx.dataset.train.y.numpy(), ctx.test_y.numpy()

@@ -51,19 +51,17 @@ def audit_cli_options() -> list[CliOption]:
 
 
 # Options that mean nothing without --robustness, and the defaults they take with it.
-OPTION_FLAGS = {"attack": "--attack", "eps": "--eps", "pgd_steps": "--pgd-steps", "pgd_alpha": "--pgd-alpha",
-                "random_start": "--random-start", "robustness_samples": "--robustness-samples", "adv_eps": "--adv-eps",
-                "perturb_categorical": "--perturb-categorical"}
+OPTION_FLAGS = {"--attack": "attack", "--eps": "eps", "--pgd-steps": "pgd_steps", "--pgd-alpha": "pgd_alpha",
+                "--random-start": "random_start", "--robustness-samples": "robustness_samples", "--adv-eps": "adv_eps",
+                "--perturb-categorical": "perturb_categorical"}
 OPTION_DEFAULTS = {"attack": "fgsm,pgd", "pgd_steps": 10, "pgd_alpha": 0.25, "robustness_samples": 1000}
 
 
 @hookimpl
 def audit_configure(config: RunConfig) -> None:
     mode = config.option("robustness")
-    given = [flag for dest, flag in OPTION_FLAGS.items() if config.option(dest) not in (None, False)]
     if mode is None:
-        if given:
-            raise AuditError(f"{', '.join(given)} only apply with --robustness")
+        config.refuse_without("--robustness", OPTION_FLAGS)
         return
     if mode != "adv-train" and config.option("adv_eps") is not None:
         raise AuditError("--adv-eps only applies with --robustness adv-train")

@@ -124,6 +124,9 @@ def test_decisions_audit_without_a_model(cli, tmp_path):
     assert "trained or loaded no model" in card and "Target: `outcome`" in card and "`?`" not in card
     bad = cli("decisions", "--data", path, "--y-true", "nope", "--y-pred", "decision", "--sensitive", "group", "--out", tmp_path / "x")
     assert bad.code == 2 and "no column 'nope'" in bad.err
+    bad = cli("decisions", "--data", path, "--y-true", "outcome", "--y-pred", "decision", "--sensitive", "group", "--bootstrap", "-1",
+              "--out", tmp_path / "y")
+    assert bad.code == 2 and "--bootstrap must be 0 or more" in bad.err and not (tmp_path / "y").exists()
 
 
 def test_small_groups_are_warned_about(cli, tmp_path):
