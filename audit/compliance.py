@@ -48,11 +48,19 @@ CLAUSES: tuple[Clause, ...] = (
 )
 
 
+COMPLIANCE_METRIC_SPECS = [
+    MetricSpec("compliance.clauses_with_evidence", True, "clauses", "Catalogued clauses at least one metric of the report speaks to"),
+    MetricSpec("compliance.clauses_without_evidence", False, "clauses", "Catalogued clauses no metric of the report speaks to"),
+]
+
+
 def collect_metric_specs(pm: pluggy.PluginManager) -> list[MetricSpec]:
     """The core's metric specs followed by every plugin's (``audit_metric_specs`` results concatenated)."""
     from audit.evaluation import CORE_METRIC_SPECS
+    from audit.gate import GATE_METRIC_SPECS
 
-    return [*CORE_METRIC_SPECS, *(spec for group in pm.hook.audit_metric_specs() for spec in (group or []))]
+    return [*CORE_METRIC_SPECS, *COMPLIANCE_METRIC_SPECS, *GATE_METRIC_SPECS,
+            *(spec for group in pm.hook.audit_metric_specs() for spec in (group or []))]
 
 
 def spec_for(name: str, specs: Iterable[MetricSpec]) -> MetricSpec | None:

@@ -79,6 +79,7 @@ CORE_METRIC_SPECS = [
     MetricSpec("performance.roc_auc", True, "fraction", "Area under the ROC curve (binary targets)", ("EU AI Act Art. 15",)),
     MetricSpec("performance.log_loss", False, "nats", "Mean cross-entropy on the test split", ("EU AI Act Art. 15",)),
     MetricSpec("performance.test_rows", None, "rows", "Rows in the test split"),
+    MetricSpec("performance.selection_rate", None, "fraction", "Share of positive decisions (audit decisions)"),
     MetricSpec("efficiency.*", None, "various", "Training cost, memory, size and latency of the run", ("NIST AI RMF MEASURE 2.12",)),
     MetricSpec("efficiency.train_samples_per_s", True, "samples/s", "Training throughput", ("NIST AI RMF MEASURE 2.12",)),
     MetricSpec("efficiency.train_wall_s", False, "s", "Wall time of training", ("NIST AI RMF MEASURE 2.12",)),

@@ -15,13 +15,19 @@ from xml.sax.saxutils import escape
 import yaml
 
 from audit.errors import AuditError
-from audit.report import Report, Section, Table
+from audit.report import MetricSpec, Report, Section, Table
 
 OPERATORS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt, "==": operator.eq}
 BOUNDS = {"point": "", "lower": ".ci_low", "upper": ".ci_high"}
 SEVERITIES = ("error", "warn")
 _SHORTHAND = re.compile(r"^\s*(?P<metric>\S+)\s*(?P<op><=|>=|==|<|>)\s*(?P<value>\S+)\s*$")
 _RULE_KEYS = {"id", "metric", "op", "value", "bound", "severity", "rationale", "max_drop", "max_increase"}
+GATE_METRIC_SPECS = [
+    MetricSpec("gate.passed", True, "flag", "1 when no error-severity rule failed, else 0"),
+    MetricSpec("gate.rules_checked", None, "rules", "(rule, metric) verdicts the policy produced"),
+    MetricSpec("gate.rules_failed", False, "rules", "Verdicts that failed an error-severity rule"),
+    MetricSpec("gate.rules_warned", False, "rules", "Verdicts that failed a warn-severity rule"),
+]
 
 
 @dataclass(frozen=True)
@@ -161,6 +167,45 @@ def load_policy(path: str) -> tuple[list[Rule], str]:
     return rules, hashlib.sha256(text.encode()).hexdigest()
 
 
+def globs_overlap(a: str, b: str) -> bool:
+    """Whether some name matches both glob patterns (``*`` any run, ``?`` one character, the rest literal)."""
+    from functools import lru_cache
+
+    @lru_cache(maxsize=None)
+    def meet(i: int, j: int) -> bool:
+        if i == len(a) or j == len(b):
+            return a[i:].strip("*") == "" and b[j:].strip("*") == ""
+        if a[i] == "*":
+            return meet(i + 1, j) or meet(i, j + 1)
+        if b[j] == "*":
+            return meet(i, j + 1) or meet(i + 1, j)
+        return (a[i] == b[j] or "?" in (a[i], b[j])) and meet(i + 1, j + 1)
+
+    return meet(0, 0)
+
+
+def check_rule_metrics(rules: list[Rule], *, policy_path: str, metrics: dict[str, Any], declared: list[str]) -> None:
+    """Refuse a rule whose metric (or glob) matches nothing in the report and nothing any installed plugin declares.
+
+    Such a name is a typo or a plugin missing here, not a metric this run happened not to produce (that one
+    fails closed as usual), so it is bad input: one line, exit code 2, with the nearest known names.
+    """
+    import difflib
+
+    for rule in rules:
+        name = rule.metric[: -len(".ci_low")] if rule.metric.endswith(".ci_low") else rule.metric
+        name = name[: -len(".ci_high")] if name.endswith(".ci_high") else name
+        if any(n in metrics for n in matching_metrics(name, metrics)):
+            continue
+        if any(globs_overlap(name, pattern) for pattern in declared):
+            continue
+        known = dict.fromkeys([*(m for m in metrics if not _is_interval_name(m)), *(p for p in declared if "*" not in p)])
+        near = difflib.get_close_matches(name, list(known), n=3, cutoff=0.6)
+        hint = f"; nearest: {', '.join(near)}" if near else ""
+        raise AuditError(f"policy {policy_path}, rule {rule.id}: metric {rule.metric!r} is unknown: no metric of the report matches it and "
+                         f"no installed plugin declares it; expected a name from 'audit metrics REPORT'{hint}")
+
+
 def _is_interval_name(name: str) -> bool:
     return name.endswith(".ci_low") or name.endswith(".ci_high")
 
@@ -227,9 +272,10 @@ def gate_section(result: GateResult) -> Section:
     return section
 
 
-def gate_report_in_place(report: Report, *, policy_path: str, baseline: dict[str, Any] | None = None) -> GateResult:
-    """Evaluate a policy on a report being built and add the gate section to it."""
+def gate_report_in_place(report: Report, *, policy_path: str, declared: list[str], baseline: dict[str, Any] | None = None) -> GateResult:
+    """Evaluate a policy on a report being built and add the gate section to it (``declared``: metric spec names)."""
     rules, digest = load_policy(policy_path)
+    check_rule_metrics(rules, policy_path=policy_path, metrics=report.metrics, declared=declared)
     result = evaluate_policy(rules, report.metrics, baseline=baseline)
     result.policy_path, result.policy_sha256 = policy_path, digest
     report.run["policy_sha256"] = digest

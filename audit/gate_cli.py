@@ -46,12 +46,13 @@ def print_gate_table(report: dict[str, Any]) -> None:
     print("gate: PASS" if report["metrics"].get("gate.passed") == 1 else "gate: FAIL")
 
 
-def _gate(args: argparse.Namespace) -> int:
-    from audit.compliance import evidence_from_section, refresh_compliance
-    from audit.gate import evaluate_policy, gate_section, junit_xml, load_policy, markdown_summary
+def _gate(args: argparse.Namespace, pm: pluggy.PluginManager) -> int:
+    from audit.compliance import collect_metric_specs, evidence_from_section, refresh_compliance
+    from audit.gate import check_rule_metrics, evaluate_policy, gate_section, junit_xml, load_policy, markdown_summary
 
     data = read_report(args.report)
     rules, digest = load_policy(args.policy)
+    check_rule_metrics(rules, policy_path=args.policy, metrics=data["metrics"], declared=[s.name for s in collect_metric_specs(pm)])
     baseline = read_report(args.baseline)["metrics"] if args.baseline else None
     result = evaluate_policy(rules, data["metrics"], baseline=baseline)
     result.policy_path, result.policy_sha256 = args.policy, digest
@@ -121,4 +122,6 @@ def _verify(args: argparse.Namespace) -> int:
 
 def dispatch(args: argparse.Namespace, pm: pluggy.PluginManager) -> int:
     """Run one of this module's subcommands."""
-    return {"gate": _gate, "metrics": _metrics, "diff": _diff, "verify": _verify}[args.cmd](args)
+    if args.cmd == "gate":
+        return _gate(args, pm)
+    return {"metrics": _metrics, "diff": _diff, "verify": _verify}[args.cmd](args)

@@ -215,6 +215,7 @@ def run_train(config: RunConfig, pm: pluggy.PluginManager) -> RunOutcome:
     started = dt.datetime.now(dt.timezone.utc)
     pm.hook.audit_configure(config=config)
     config.resolve_defaults()
+    check_policy_early(config, pm)
     generator = seed_everything(config.seed)
     dataset = load_dataset(config)
     config.resolve_defaults(len(dataset.train))
@@ -262,6 +263,7 @@ def run_evaluate(config: RunConfig, pm: pluggy.PluginManager) -> RunOutcome:
         config.seed = saved["seed"]  # the built-in data's splits come from the training seed
     pm.hook.audit_configure(config=config)
     config.resolve_defaults()
+    check_policy_early(config, pm)
     seed_everything(config.seed)
     dataset = load_dataset(config, schema=schema)
     if list(dataset.input_shape) != list(schema["input_shape"]):
@@ -285,15 +287,25 @@ def run_evaluate(config: RunConfig, pm: pluggy.PluginManager) -> RunOutcome:
     return _finish(config, report, None, pm)
 
 
+def check_policy_early(config: RunConfig, pm: pluggy.PluginManager) -> None:
+    """Read ``--policy`` before any work, so a malformed policy or an unknown metric costs no training time."""
+    if config.policy:
+        from audit.gate import check_rule_metrics, load_policy
+
+        rules, _ = load_policy(config.policy)
+        check_rule_metrics(rules, policy_path=config.policy, metrics={}, declared=[s.name for s in collect_metric_specs(pm)])
+
+
 def finalize_report(report: Report, *, pm: pluggy.PluginManager, policy: str | None) -> None:
     """Add the compliance section and, with a policy, the gate section (then the verdicts per clause)."""
-    evidence = evidence_from_specs(report.metrics, collect_metric_specs(pm))
+    specs = collect_metric_specs(pm)
+    evidence = evidence_from_specs(report.metrics, specs)
     # Built before the gate so a policy can gate on compliance.* too, and again after it for the verdicts.
     refresh_compliance(report, evidence)
     if policy:
         from audit.gate import gate_report_in_place
 
-        gate_report_in_place(report, policy_path=policy)
+        gate_report_in_place(report, policy_path=policy, declared=[s.name for s in specs])
         refresh_compliance(report, evidence)
 
 

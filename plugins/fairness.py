@@ -289,6 +289,11 @@ def audit_metric_specs() -> list[MetricSpec]:
         MetricSpec("fairness.*.worst_group_accuracy", True, "fraction", "Lowest accuracy of any group", TAGS),
         MetricSpec("fairness.*.group.*", None, "rate", "Per-group size, base rate, selection rate, accuracy, TPR, FPR, FNR, precision", TAGS),
         MetricSpec("fairness.mitigation.accuracy_cost", False, "fraction", "Accuracy lost to the fairness mitigation", TAGS),
+        MetricSpec("fairness.*.equal_opportunity_ratio", True, "ratio", "Min over max TPR across groups", TAGS),
+        MetricSpec("fairness.*.accuracy_difference", False, "fraction", "Max minus min accuracy across groups", TAGS),
+        MetricSpec("fairness.mitigation.accuracy", True, "fraction", "Test accuracy of the mitigated model", TAGS),
+        MetricSpec("fairness.mitigation.baseline_accuracy", None, "fraction", "Test accuracy of the same model without the mitigation", TAGS),
+        MetricSpec("fairness.postprocessed.accuracy", True, "fraction", "Test accuracy after Fairlearn's ThresholdOptimizer (--postprocess)", TAGS),
     ]
 
 

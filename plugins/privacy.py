@@ -342,4 +342,11 @@ def audit_metric_specs() -> list[MetricSpec]:
         MetricSpec("privacy.mia_tpr_at_fpr_0.001", False, "fraction", "Attack TPR at 0.1% FPR", TAGS),
         MetricSpec("privacy.empirical_epsilon_lower_bound", False, "epsilon", "Epsilon the attacks prove, at 95% confidence", TAGS),
         MetricSpec("privacy.accuracy_cost", False, "fraction", "Test accuracy lost to DP-SGD", TAGS),
+        MetricSpec("privacy.baseline_accuracy", None, "fraction", "Test accuracy of the same model trained without DP (--dp-baseline)", TAGS),
+        MetricSpec("privacy.max_grad_norm", None, "norm", "Per-sample gradient clipping norm C", TAGS),
+        MetricSpec("privacy.sample_rate", None, "probability", "Poisson sampling rate q (expected batch over training rows)", TAGS),
+        MetricSpec("privacy.steps", None, "steps", "DP-SGD steps taken (what epsilon is accounted over)", TAGS),
+        MetricSpec("privacy.accountant", None, "code", "Accountant: 0 = RDP, 1 = PRV", TAGS),
+        MetricSpec("privacy.clip_rate_last_epoch", None, "fraction", "Share of per-sample gradients clipped in the last epoch", TAGS),
+        MetricSpec("privacy.mia_auc.*.*", False, "fraction", "Membership-inference AUC within one sensitive group", TAGS),
     ]

@@ -459,4 +459,10 @@ def audit_metric_specs() -> list[MetricSpec]:
         MetricSpec("robustness.worst_group_robust_accuracy", True, "fraction", "Lowest group robust accuracy (PGD, middle epsilon)", TAGS),
         MetricSpec("robustness.clean_accuracy", True, "fraction", "Accuracy of the attacked subset without attack", TAGS),
         MetricSpec("robustness.adv_train.clean_accuracy_cost", False, "fraction", "Clean accuracy lost to adversarial training", TAGS),
+        MetricSpec("robustness.adv_train.baseline_clean_accuracy", None, "fraction", "Clean accuracy of the same model trained without PGD", TAGS),
+        MetricSpec("robustness.adv_train.baseline_pgd_robust_accuracy", None, "fraction", "PGD robust accuracy of the same model trained without PGD", TAGS),
+        MetricSpec("robustness.*.*.robust_accuracy", True, "fraction", "Robust accuracy within one sensitive group (PGD, middle epsilon)", TAGS),
+        MetricSpec("robustness.samples", None, "rows", "Test rows attacked (seeded subset)"),
+        MetricSpec("robustness.unbounded_pgd_accuracy", None, "fraction",
+                   "Accuracy under PGD with an epsilon covering every feature's range; near chance unless gradients are masked", TAGS),
     ]

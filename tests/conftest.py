@@ -50,3 +50,15 @@ def loans_csv(tmp_path: Path) -> Path:
 
 def read_report(out: Path) -> dict:
     return json.loads((out / "report.json").read_text())
+
+
+def undeclared_metrics(metrics: dict) -> list[str]:
+    """Metric names of a report that no metric spec (core, gate, compliance or plugin) declares."""
+    import fnmatch
+
+    from audit.compliance import collect_metric_specs
+    from audit.plugins import get_plugin_manager
+
+    patterns = [s.name for s in collect_metric_specs(get_plugin_manager())]
+    return [name for name in metrics if not name.endswith((".ci_low", ".ci_high"))
+            and not any(fnmatch.fnmatchcase(name, p) for p in patterns)]

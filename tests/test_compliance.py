@@ -1,12 +1,15 @@
 """The compliance section and the model card: evidence per clause, verdicts from the gate, clauses with no evidence."""
 
 import json
+from pathlib import Path
 
 import pytest
 
 from audit.compliance import CLAUSES, compliance_section, evidence_from_specs, spec_for
 from audit.report import MetricSpec, Table
-from tests.conftest import read_report
+from tests.conftest import read_report, undeclared_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SPECS = [
     MetricSpec("performance.accuracy", True, "fraction", "accuracy", ("EU AI Act Art. 15",)),
@@ -118,3 +121,14 @@ def test_model_card_fills_what_was_measured_and_leaves_judgement_to_a_person(cli
     rendered = tmp_path / "card.md"
     assert cli("report", run_dir / "report.json", "--format", "model-card", "--out", rendered).code == 0
     assert rendered.read_text() == card
+
+
+def test_every_metric_of_a_full_run_is_declared(cli, tmp_path):
+    # gates, compliance evidence and the unknown-metric check all rely on the specs covering every name
+    out = tmp_path / "full"
+    assert cli("train", "--sensitive", "sex,race", "--epochs", "1", "--dp", "--epsilon", "3", "--dp-baseline", "--fairness", "reweight",
+               "--fairness-baseline", "--postprocess", "equalized_odds", "--fairness-bootstrap", "20", "--robustness",
+               "--attack", "fgsm,pgd,pgd-l2", "--robustness-samples", "60", "--pgd-steps", "2", "--mia-samples", "300",
+               "--compress", "quantize,prune", "--policy", ROOT / "examples" / "release-policy.yaml", "--out", out, "-q").code in (0, 1)
+    metrics = read_report(out)["metrics"]
+    assert len(metrics) > 300 and undeclared_metrics(metrics) == []

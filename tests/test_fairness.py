@@ -7,7 +7,7 @@ from fairlearn.metrics import (MetricFrame, demographic_parity_difference, demog
 from sklearn.metrics import accuracy_score, precision_score
 
 from audit_plugins.fairness_metrics import audit_groups, reweighing_weights
-from tests.conftest import read_report
+from tests.conftest import read_report, undeclared_metrics
 
 
 def _compare(y, p, g):
@@ -122,6 +122,7 @@ def test_decisions_audit_without_a_model(cli, tmp_path):
         demographic_parity_difference(y, p, sensitive_features=frame["group"]), abs=1e-9)
     card = (out / "model_card.md").read_text()
     assert "trained or loaded no model" in card and "Target: `outcome`" in card and "`?`" not in card
+    assert undeclared_metrics(m) == []
     bad = cli("decisions", "--data", path, "--y-true", "nope", "--y-pred", "decision", "--sensitive", "group", "--out", tmp_path / "x")
     assert bad.code == 2 and "no column 'nope'" in bad.err
     bad = cli("decisions", "--data", path, "--y-true", "outcome", "--y-pred", "decision", "--sensitive", "group", "--bootstrap", "-1",

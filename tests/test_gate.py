@@ -30,7 +30,7 @@ def _policy(tmp_path, text):
     ("- {metric: fairness.sex.demographic_parity_difference, op: '<=', value: 0.0001, bound: upper}", 1),
     ("- {metric: 'fairness.*.equalized_odds_difference', op: '<=', value: 1.0}", 0),
     ("- {metric: 'fairness.*.equalized_odds_difference', op: '<=', value: 0.0}", 1),
-    ("- {metric: 'nothing.*.matches', op: '<=', value: 1.0}", 1),
+    ("- {metric: 'fairness.nobody.*', op: '<=', value: 1.0}", 1),  # a declared family with no match here fails closed
     ("- {metric: privacy.epsilon, op: '<=', value: 3}", 1),  # no DP in this run: missing metric fails closed
     ("- {metric: privacy.epsilon, op: '<=', value: 3, severity: warn}", 0),
 ])
@@ -78,6 +78,18 @@ def test_malformed_policy_exits_2(cli, tmp_path, report_path, text, expected):
     assert expected in result.err and len(result.err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("metric, nearest", [("performance.acuracy", "nearest: performance.accuracy"), ("nothing.*.matches", "")])
+def test_a_metric_no_plugin_declares_is_bad_input(cli, tmp_path, report_path, metric, nearest):
+    # a typo must not read as "this run lacked the metric": exit 2 names it, before any training time is spent
+    policy = _policy(tmp_path, f"rules:\n  - {{id: typo, metric: '{metric}', op: '>=', value: 0.5}}\n")
+    result = cli("gate", report_path, "--policy", policy)
+    assert result.code == 2 and len(result.err.strip().splitlines()) == 1
+    assert f"rule typo: metric '{metric}' is unknown" in result.err and nearest in result.err
+    out = tmp_path / "never"
+    trained = cli("train", "--data", "digits", "--epochs", "1", "--policy", policy, "--out", out, "-q")
+    assert trained.code == 2 and "is unknown" in trained.err and not out.exists()
+
+
 def test_train_with_policy_gates_and_records_it(cli, tmp_path):
     policy = _policy(tmp_path, "rules:\n  - performance.accuracy >= 0.99\n")
     out = tmp_path / "run"
@@ -99,3 +111,14 @@ def test_metrics_diff_and_verify(cli, tmp_path, report_path):
     assert result.code == 1 and "MODIFIED" in result.out
     diff = cli("diff", report_path, tampered)
     assert "performance.accuracy" in diff.out and "efficiency.params" not in diff.out
+
+
+@pytest.mark.parametrize("a, b, overlap", [
+    ("fairness.nobody.*", "fairness.*.group.*", True), ("nothing.*.matches", "fairness.*.group.*", False),
+    ("performance.acuracy", "performance.accuracy", False), ("robustness.pgd.eps_*.robust_accuracy", "robustness.*.eps_*.robust_accuracy", True),
+    ("a*c", "b*", False), ("a?c", "abc", True),
+])
+def test_globs_overlap_when_some_name_matches_both(a, b, overlap):
+    from audit.gate import globs_overlap
+
+    assert globs_overlap(a, b) is overlap and globs_overlap(b, a) is overlap

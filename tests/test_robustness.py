@@ -4,7 +4,7 @@ import torch
 from audit.config import RunConfig
 from audit.data import load_dataset
 from audit_plugins.robustness import FeatureView, attack_target, eps_segment, independent, sweep
-from tests.conftest import read_report
+from tests.conftest import read_report, undeclared_metrics
 
 EPS = [0.05, 0.1, 0.2, 0.3]
 
@@ -37,6 +37,7 @@ def test_adversarial_training_raises_pgd_accuracy(tmp_path, cli):
     m = read_report(out)["metrics"]
     assert m["robustness.pgd.eps_0p1.robust_accuracy"] > m["robustness.adv_train.baseline_pgd_robust_accuracy"]
     assert "robustness.adv_train.clean_accuracy_cost" in m
+    assert undeclared_metrics(m) == []
 
 
 @pytest.mark.parametrize("data_name, attack, eps_list", [
