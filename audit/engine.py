@@ -200,8 +200,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def progress_bar(*, total: int, desc: str | None, unit: str, enabled: bool, leave: bool = True) -> tqdm:
+    """The one progress-bar style of the project: counts with rates on stderr, silent when not ``enabled``."""
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True, mininterval=0.5, leave=leave)
+
+
 def train(setup: TrainingSetup, *, after_epoch: Callable[[EpochState], list[dict[str, float] | None]] = lambda s: [],
-          progress: bool = True) -> TrainResult:
+          progress: bool = True, desc: str | None = None) -> TrainResult:
     """Train ``setup.model``; keep the weights of the best validation epoch when early stopping is on."""
     config, device, model, optimizer = setup.config, setup.device, setup.model, setup.optimizer
     pin = device.type == "cuda"
@@ -217,7 +222,7 @@ def train(setup: TrainingSetup, *, after_epoch: Callable[[EpochState], list[dict
     lowest_val_loss = math.inf
     patience, stale, steps, seen, train_time, norm_baseline = config.patience, 0, 0, 0, 0.0, None
     wall_start = time.perf_counter()
-    bar = tqdm(total=config.epochs * steps_per_epoch, unit="step", disable=not progress, dynamic_ncols=True, mininterval=0.5)
+    bar = progress_bar(total=config.epochs * steps_per_epoch, desc=desc, unit="step", enabled=progress, leave=desc is None)
     for epoch in range(1, config.epochs + 1):
         model.train()
         losses = torch.zeros(steps_per_epoch, device=device)

@@ -33,6 +33,19 @@ class EvalContext:
     artifacts: dict[str, Any] = field(default_factory=dict)
     checkpoint_metadata: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
+    _baseline: tuple[nn.Module, torch.Tensor] | None = field(default=None, repr=False)
+
+    def baseline(self) -> tuple[nn.Module, torch.Tensor]:
+        """The run's model trained again by the plain core (no plugin) and its test-row predictions.
+
+        Every plugin that compares its mitigation with an unmitigated model gets this one: trained once per run.
+        """
+        if self._baseline is None:
+            from audit.runner import train_variant
+
+            model, _ = train_variant(self.config, self.dataset, device=self.device, progress=not self.config.quiet)
+            self._baseline = (model, predict_logits(model, self.dataset.test.x, self.device).argmax(1))
+        return self._baseline
 
     @property
     def test_y(self) -> torch.Tensor:

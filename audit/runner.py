@@ -26,7 +26,7 @@ from audit.compliance import collect_metric_specs, evidence_from_specs, refresh_
 from audit.config import RunConfig
 from audit.data import Dataset, load_dataset
 from audit.engine import (PoissonBatches, ShuffledBatches, TrainingSetup, TrainResult, attach_scheduler,  # noqa: F401
-                          make_optimizer, train)
+                          make_optimizer, progress_bar, train)
 from audit.errors import AuditError
 from audit.evaluation import EvalContext, build_context, performance_section
 from audit.models import build_model, count_parameters, model_spec
@@ -102,7 +102,7 @@ def build_setup(config: RunConfig, dataset: Dataset, device: torch.device, gener
 
 
 def train_variant(config: RunConfig, dataset: Dataset, *, device: torch.device | None = None,
-                  sample_weights: torch.Tensor | None = None) -> tuple[nn.Module, TrainResult]:
+                  sample_weights: torch.Tensor | None = None, progress: bool = False) -> tuple[nn.Module, TrainResult]:
     """Train the run's model again with no plugins (a baseline to compare a mitigation against)."""
     device = device or resolve_device(config.device)
     generator = seed_everything(config.seed)
@@ -111,7 +111,7 @@ def train_variant(config: RunConfig, dataset: Dataset, *, device: torch.device |
     setup = build_setup(config, dataset, device, generator, spec)
     setup.sample_weights = sample_weights
     attach_scheduler(setup)
-    result = train(setup, progress=False)
+    result = train(setup, progress=progress, desc="baseline (no plugins)")
     return setup.base_model.eval(), result
 
 
@@ -179,7 +179,15 @@ def _sha256(data: bytes) -> str:
 
 
 def _collect_sections(pm: pluggy.PluginManager, ctx: EvalContext) -> list[Section]:
-    sections = [s for s in pm.hook.audit_evaluate(ctx=ctx) if s is not None]
+    impls = pm.hook.audit_evaluate.get_hookimpls()
+    sections: list[Section] = []
+    # One plugin at a time (pluggy's subset callers) so the bar can say which audit is running.
+    with progress_bar(total=len(impls), desc="audit", unit="plugin", enabled=not ctx.config.quiet) as bar:
+        for impl in impls:
+            bar.set_postfix_str(impl.plugin_name)
+            only = pm.subset_hook_caller("audit_evaluate", remove_plugins=[i.plugin for i in impls if i is not impl])
+            sections += [s for s in only(ctx=ctx) if s is not None]
+            bar.update()
     return sorted(sections, key=lambda s: ["privacy", "fairness", "robustness"].index(s.name)
                   if s.name in ("privacy", "fairness", "robustness") else 99)
 

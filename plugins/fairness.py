@@ -247,12 +247,8 @@ def audit_evaluate(ctx: EvalContext) -> Section | None:
 
 
 def _compare_baseline(ctx: EvalContext, section: Section, y_true: np.ndarray, accuracy: float, *, full: bool) -> None:
-    from audit.engine import predict_logits
-    from audit.runner import train_variant
-
     info = ctx.artifacts["fairness"]
-    baseline_model, _ = train_variant(ctx.config, ctx.dataset, device=ctx.device)
-    pred = predict_logits(baseline_model, ctx.dataset.test.x, ctx.device).argmax(1).numpy()
+    pred = ctx.baseline()[1].numpy()
     y_base = (pred == ctx.dataset.positive_index).astype(int)
     base_acc = float((y_base == y_true).mean())
     section.add_metric("mitigation.accuracy", accuracy)

@@ -311,11 +311,7 @@ def _data_uses(info: dict[str, Any], guarantee: dict[str, Any], section: Section
 
 
 def _baseline(ctx: EvalContext, section: Section) -> None:
-    from audit.engine import predict_logits
-    from audit.runner import train_variant
-
-    model, _ = train_variant(ctx.config, ctx.dataset, device=ctx.device)
-    pred = predict_logits(model, ctx.dataset.test.x, ctx.device).argmax(1)
+    _, pred = ctx.baseline()
     y = ctx.test_y
     base_acc, acc = float((pred == y).float().mean()), float((ctx.test_pred == y).float().mean())
     section.add_metric("baseline_accuracy", base_acc)

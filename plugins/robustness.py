@@ -15,7 +15,7 @@ from torch import nn
 from audit import AuditError, hookimpl
 from audit.config import CliOption, RunConfig
 from audit.data import Dataset
-from audit.engine import TrainingSetup
+from audit.engine import TrainingSetup, progress_bar
 from audit.evaluation import EvalContext
 from audit.report import Figure, MetricSpec, Section, Series, Table, metric_segment
 
@@ -348,13 +348,16 @@ def audit_evaluate(ctx: EvalContext) -> Section | None:
     curves: dict[str, list[float]] = {}
     masks_by_attack: dict[str, dict[float, torch.Tensor]] = {}
     rows_table = []
+    bar = progress_bar(total=len(attacks) * len(eps_list), desc="attacks", unit="eps", enabled=not config.quiet, leave=False)
     for attack in attacks:
+        bar.set_postfix_str(attack)
         # FGSM runs fresh at every epsilon so its raw curve can reveal gradient masking; PGD sweeps (see sweep: less work, never weaker).
         kw = dict(steps=steps, alpha=alpha, random_start=random_start, seed=ctx.seed)
         if attack == "fgsm":
             masks = independent(target, y, attack, eps_list, **kw)
         else:
             masks = sweep(target, y, attack, eps_list, clean=(clean_mask, clean_grad), **kw)
+        bar.update(len(eps_list))
         masks_by_attack[attack] = masks
         accs = [float(masks[e].float().mean()) for e in eps_list]
         curves[attack] = accs
@@ -364,6 +367,7 @@ def audit_evaluate(ctx: EvalContext) -> Section | None:
             section.add_metric(f"{attack}.{eps_segment(eps)}.attack_success_rate", success)
             rows_table.append([attack, eps, acc, success])
         section.add_metric(f"{attack}.auc", curve_auc(eps_list, accs, clean))
+    bar.close()
     section.tables.append(Table("Robust accuracy per attack and epsilon", ["attack", "epsilon", "robust accuracy", "attack success rate"], rows_table))
     section.figures.append(Figure("Accuracy under attack", "line", f"epsilon ({target.unit})", "accuracy",
                                   [Series(a, [0.0] + eps_list, [clean] + curves[a]) for a in attacks]))
@@ -431,11 +435,9 @@ def _sanity_checks(ctx: EvalContext, section: Section, target: AttackTarget, y: 
 
 
 def _adv_baseline(ctx: EvalContext, section: Section, x: torch.Tensor, y: torch.Tensor, eps_list: list[float], steps: int, alpha: float) -> None:
-    from audit.runner import train_variant
-
     info = ctx.artifacts["robustness"]
     eps = info["adv_eps"]
-    plain, _ = train_variant(ctx.config, ctx.dataset, device=ctx.device)
+    plain = ctx.baseline()[0]
     plain_target = attack_target(plain.eval(), ctx.dataset, x, perturb_categorical=ctx.config.option("perturb_categorical", False))
     all_rows = torch.arange(len(y), device=y.device)
     plain_clean = float(_correct(plain_target.module, plain_target.select(all_rows), y).float().mean())
