@@ -76,7 +76,10 @@ class TabularPreprocessor:
             try:
                 values = frame[self.numeric].astype("float64").to_numpy()
             except (TypeError, ValueError):
-                raise AuditError(f"numeric column(s) {', '.join(self.numeric)} hold non-numeric values") from None
+                bad = [c for c in self.numeric if pd.to_numeric(frame[c], errors="coerce").isna().sum() > frame[c].isna().sum()]
+                example = next((v for v in frame[bad[0]] if pd.isna(pd.to_numeric(v, errors="coerce")) and not pd.isna(v)), None) if bad else None
+                raise AuditError(f"numeric column(s) {', '.join(bad or self.numeric)} hold non-numeric values (e.g. {example!r}); "
+                                 "expected numbers, as in the training data") from None
             values = np.where(np.isnan(values), np.asarray(self.medians), values)
             blocks.append((values - np.asarray(self.means)) / np.asarray(self.stds))
         for col, cats in zip(self.categorical, self.categories):

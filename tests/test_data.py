@@ -70,3 +70,12 @@ def test_parquet_reads_like_csv(tmp_path):
     data = load_dataset(RunConfig(data=str(path), target="defaulted", sensitive=["sex"]))
     assert data.input_shape == (2 + 3 + 2,)
     assert np.isfinite(data.test.x.numpy()).all()
+
+
+def test_text_in_a_numeric_column_names_that_column_and_a_value():
+    frame = make_loans(50)
+    prep = TabularPreprocessor.fit(frame, numeric=["income", "age"], categorical=["purpose"])
+    bad = frame.assign(age=frame["age"].astype(object))
+    bad.loc[3, "age"] = "old"
+    with pytest.raises(AuditError, match=r"numeric column\(s\) age hold non-numeric values \(e.g. 'old'\)"):
+        prep.transform(bad)  # income's missing values are imputed, not blamed
