@@ -380,7 +380,7 @@ def audit_evaluate(ctx: EvalContext) -> Section | None:
                              else "one-hot columns were perturbed as continuous values (--perturb-categorical)")
         section.notes.append("perturbed values stay within the range each feature took in the training split")
     if config.option("robustness") == "adv-train" and ctx.training is not None:
-        _adv_baseline(ctx, section, x, y, eps_list, steps, alpha)
+        _adv_baseline(ctx, section, x, y, steps=steps, alpha=alpha, random_start=random_start)
     return section
 
 
@@ -434,18 +434,27 @@ def _sanity_checks(ctx: EvalContext, section: Section, target: AttackTarget, y: 
     section.tables.append(Table("Sanity checks for broken evaluations", ["check", "result"], checks))
 
 
-def _adv_baseline(ctx: EvalContext, section: Section, x: torch.Tensor, y: torch.Tensor, eps_list: list[float], steps: int, alpha: float) -> None:
-    info = ctx.artifacts["robustness"]
-    eps = info["adv_eps"]
-    plain = ctx.baseline()[0]
-    plain_target = attack_target(plain.eval(), ctx.dataset, x, perturb_categorical=ctx.config.option("perturb_categorical", False))
-    all_rows = torch.arange(len(y), device=y.device)
-    plain_clean = float(_correct(plain_target.module, plain_target.select(all_rows), y).float().mean())
-    plain_robust = float(sweep(plain_target, y, "pgd", [eps], steps=steps, alpha=alpha, random_start=False, seed=ctx.seed)[eps].float().mean())
+def _clean_and_pgd(ctx: EvalContext, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, steps: int, alpha: float,
+                   random_start: bool) -> tuple[float, float]:
+    """Clean accuracy and PGD robust accuracy at one epsilon of ``model`` on these rows."""
+    target = attack_target(model.eval(), ctx.dataset, x, perturb_categorical=ctx.config.option("perturb_categorical", False))
+    clean_mask, clean_grad = clean_pass(target, y, with_grad=True)
+    masks = sweep(target, y, "pgd", [eps], steps=steps, alpha=alpha, random_start=random_start, seed=ctx.seed, clean=(clean_mask, clean_grad))
+    return float(clean_mask.float().mean()), float(masks[eps].float().mean())
+
+
+def _adv_baseline(ctx: EvalContext, section: Section, x: torch.Tensor, y: torch.Tensor, *, steps: int, alpha: float, random_start: bool) -> None:
+    eps = ctx.artifacts["robustness"]["adv_eps"]
+    # The same rows and attack settings for both models, so the two rows of the table compare.
+    settings = dict(steps=steps, alpha=alpha, random_start=random_start)
+    plain_clean, plain_robust = _clean_and_pgd(ctx, ctx.baseline()[0], x, y, eps, **settings)
     clean = section.metrics["robustness.clean_accuracy"]
     robust = section.metrics.get(f"robustness.pgd.{eps_segment(eps)}.robust_accuracy")
+    if robust is None:  # --adv-eps off the --eps grid, or no pgd in --attack
+        robust = _clean_and_pgd(ctx, ctx.model, x, y, eps, **settings)[1]
     section.add_metric("adv_train.baseline_clean_accuracy", plain_clean)
     section.add_metric("adv_train.baseline_pgd_robust_accuracy", plain_robust)
+    section.add_metric("adv_train.pgd_robust_accuracy", robust)
     section.add_metric("adv_train.clean_accuracy_cost", plain_clean - clean)
     section.tables.append(Table(f"Adversarial training at epsilon {eps:g}: standard vs adversarially trained",
                                 ["model", "clean accuracy", f"PGD robust accuracy at {eps:g}"],
@@ -463,6 +472,7 @@ def audit_metric_specs() -> list[MetricSpec]:
         MetricSpec("robustness.adv_train.clean_accuracy_cost", False, "fraction", "Clean accuracy lost to adversarial training", TAGS),
         MetricSpec("robustness.adv_train.baseline_clean_accuracy", None, "fraction", "Clean accuracy of the same model trained without PGD", TAGS),
         MetricSpec("robustness.adv_train.baseline_pgd_robust_accuracy", None, "fraction", "PGD robust accuracy of the same model trained without PGD", TAGS),
+        MetricSpec("robustness.adv_train.pgd_robust_accuracy", True, "fraction", "PGD robust accuracy of the adversarially trained model at --adv-eps", TAGS),
         MetricSpec("robustness.*.*.robust_accuracy", True, "fraction", "Robust accuracy within one sensitive group (PGD, middle epsilon)", TAGS),
         MetricSpec("robustness.samples", None, "rows", "Test rows attacked (seeded subset)"),
         MetricSpec("robustness.unbounded_pgd_accuracy", None, "fraction",
