@@ -24,6 +24,7 @@ ATTACKS = ("fgsm", "pgd", "pgd-l2")
 TAGS = ("EU AI Act Art. 15", "NIST AI RMF MEASURE 2.7")
 DEFAULT_EPS = {"tabular": [0.05, 0.1, 0.25, 0.5, 1.0], "image": [0.02, 0.05, 0.1, 0.2, 0.3]}
 TOLERANCE = 0.01  # robust-accuracy slack for the sanity checks (sampling noise of the subset)
+COMPACT_SHARE = 8  # a PGD batch drops its fooled rows once they are 1/8 of it
 
 
 def _floats(value: str) -> list[float]:
@@ -188,8 +189,22 @@ def clean_pass(target: AttackTarget, y: torch.Tensor, *, with_grad: bool) -> tup
     return correct, torch.autograd.grad(nn.functional.cross_entropy(logits, y), point)[0]
 
 
+def random_start_delta(attack: str, inputs: torch.Tensor, eps: float, *, seed: int) -> torch.Tensor:
+    """The random start torchattacks' PGD / PGD-L2 draws for ``inputs`` when seeded with ``seed`` just before.
+
+    Drawn for every row, as the independent run draws it, so each row starts where it would have started
+    there, whichever rows the sweep still attacks.
+    """
+    torch.manual_seed(seed)
+    if attack == "pgd-l2":
+        delta = torch.empty_like(inputs).normal_()
+        norms = delta.view(len(inputs), -1).norm(p=2, dim=1).view((-1,) + (1,) * (inputs.dim() - 1))
+        return delta * (torch.zeros_like(norms).uniform_(0, 1) / norms * eps)
+    return torch.empty_like(inputs).uniform_(-eps, eps)
+
+
 def retiring_pgd(attack: str, target: AttackTarget, rows: torch.Tensor, y: torch.Tensor, eps: float, *, steps: int,
-                 alpha: float, random_start: bool, clean_grad: torch.Tensor | None) -> torch.Tensor:
+                 alpha: float, start: torch.Tensor | None, clean_grad: torch.Tensor | None) -> torch.Tensor:
     """torchattacks' PGD / PGD-L2 on ``rows`` (all correct when clean), retiring each row once it is misclassified.
 
     Same update as ``torchattacks.PGD.forward`` / ``PGDL2.forward``: cross-entropy, a step of ``alpha * eps``
@@ -197,39 +212,35 @@ def retiring_pgd(attack: str, target: AttackTarget, rows: torch.Tensor, y: torch
     A row's step depends only on its own point, so dropping fooled rows from the batch changes no other
     row's path; a fooled row keeps the adversarial point it found (a fresh attack could wander back to
     a correct point by its last step, so this never reports more robustness than the fresh attack).
-    ``clean_grad`` (no random start) is the gradient at the clean rows, shared by every epsilon's first
-    step. Returns the fooled mask over ``rows``.
+    ``start`` is the random start of these rows (see ``random_start_delta``); without one, ``clean_grad``
+    is the gradient at the clean rows, shared by every epsilon's first step. Returns the fooled mask over ``rows``.
     """
     shape = (-1,) + (1,) * (target.inputs.dim() - 1)
     images, labels = target.inputs[rows].detach(), y[rows]
     fooled = torch.zeros(len(rows), dtype=torch.bool, device=y.device)
     active = torch.arange(len(rows), device=y.device)  # positions in ``rows`` still standing; the tensors are compacted
-    if random_start:
-        if attack == "pgd-l2":
-            delta = torch.empty_like(images).normal_()
-            delta *= torch.zeros(len(images), device=y.device).uniform_(0, 1).view(shape) / delta.flatten(1).norm(dim=1).view(shape) * eps
-        else:
-            delta = torch.empty_like(images).uniform_(-eps, eps)
-        adv, grad = torch.clamp(images + delta, 0, 1), None
+    if start is not None:
+        adv, grad = torch.clamp(images + start, 0, 1), None
     else:
         adv, grad = images.clone(), clean_grad[rows]
     target.point_at(rows)
+    fallen = torch.zeros(len(rows), dtype=torch.bool, device=y.device)  # fooled, still in the batch until the next compaction
     for step in range(steps + 1):
         if grad is None:
             point = adv.requires_grad_(step < steps)
             with torch.set_grad_enabled(step < steps):
                 logits = target.module(point)
             wrong = logits.argmax(1) != labels
-            if step == steps:
-                fooled[active[wrong]] = True
+            fooled[active[wrong]] = True
+            fallen |= wrong
+            if step == steps or bool(fallen.all()):
                 break
-            if bool(wrong.any()):
-                fooled[active[wrong]] = True
-                keep = ~wrong
-                if not bool(keep.any()):
-                    break
+            # Dropping fallen rows gathers every batch tensor; on a small model that costs more than stepping a
+            # few rows further, so they go once they are a fair share of the batch.
+            if int(fallen.sum()) * COMPACT_SHARE >= len(fallen):
+                keep = ~fallen
                 grad = torch.autograd.grad(nn.functional.cross_entropy(logits[keep], labels[keep]), point)[0][keep]
-                active, images, labels, adv = active[keep], images[keep], labels[keep], adv[keep]
+                active, images, labels, adv, fallen = active[keep], images[keep], labels[keep], adv[keep], fallen[keep]
                 target.point_at(rows[active])
             else:
                 grad = torch.autograd.grad(nn.functional.cross_entropy(logits, labels), point)[0]
@@ -250,7 +261,6 @@ def sweep(target: AttackTarget, y: torch.Tensor, attack: str, eps_list: list[flo
     """Robust-correct mask per epsilon, cascading: a row wrong at a smaller epsilon is wrong at every larger one,
     so each epsilon attacks only the rows still standing, and PGD retires rows as they fall. ``clean`` is a
     ``clean_pass(..., with_grad=True)`` already made on these rows. Returns {eps: mask}."""
-    torch.manual_seed(seed)
     pgd = attack != "fgsm"
     alive, clean_grad = clean or clean_pass(target, y, with_grad=pgd and not random_start)
     alive = alive.clone()
@@ -258,8 +268,9 @@ def sweep(target: AttackTarget, y: torch.Tensor, attack: str, eps_list: list[flo
     for eps in sorted(eps_list):
         idx = torch.nonzero(alive).squeeze(1)
         if len(idx) and pgd:
-            fooled = retiring_pgd(attack, target, idx, y, eps / target.eps_scale, steps=steps, alpha=alpha,
-                                  random_start=random_start, clean_grad=clean_grad)
+            view_eps = eps / target.eps_scale
+            start = random_start_delta(attack, target.inputs, view_eps, seed=seed)[idx] if random_start else None
+            fooled = retiring_pgd(attack, target, idx, y, view_eps, steps=steps, alpha=alpha, start=start, clean_grad=clean_grad)
             alive[idx[fooled]] = False
         elif len(idx):
             adv = make_attack(attack, target.module, eps / target.eps_scale, steps=steps, alpha=alpha, random_start=random_start)(target.select(idx), y[idx])
