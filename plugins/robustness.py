@@ -24,7 +24,7 @@ ATTACKS = ("fgsm", "pgd", "pgd-l2")
 TAGS = ("EU AI Act Art. 15", "NIST AI RMF MEASURE 2.7")
 DEFAULT_EPS = {"tabular": [0.05, 0.1, 0.25, 0.5, 1.0], "image": [0.02, 0.05, 0.1, 0.2, 0.3]}
 TOLERANCE = 0.01  # robust-accuracy slack for the sanity checks (sampling noise of the subset)
-COMPACT_SHARE = 8  # a PGD batch drops its fooled rows once they are 1/8 of it
+COMPACT_SHARE = 32  # a PGD batch drops its fooled rows once they are 1/32 of it
 
 
 def _floats(value: str) -> list[float]:
