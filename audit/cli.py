@@ -149,6 +149,8 @@ def config_file_tokens(values: dict[str, Any], command: argparse.ArgumentParser,
 def _merge(args: argparse.Namespace, plugin_options: list[CliOption], argv: Sequence[str]) -> dict[str, Any]:
     values: dict[str, Any] = {o.dest: o.kwargs.get("default") for o in plugin_options if args.cmd in o.commands}
     values.update({k: v for k, v in vars(args).items() if k not in ("cmd", "verbose")})
+    if args.cmd == "evaluate" and "data" not in values:
+        values["data"] = None  # the saved model's built-in data (resolved by run_evaluate)
     values["command"] = args.cmd
     values["command_line"] = ["audit", *argv]
     return values

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import yaml
 
@@ -47,7 +47,7 @@ class RunConfig:
     """Everything one run needs; plugin options live in ``options``."""
 
     command: str = "train"
-    data: str = "adult"
+    data: str | None = "adult"  # None only for 'audit evaluate' without --data: the saved model's built-in data
     target: str | None = None
     sensitive: list[str] = field(default_factory=list)
     categorical: list[str] = field(default_factory=list)
@@ -112,10 +112,32 @@ class RunConfig:
         if self.lr is None and self.batch_size is not None:
             self.lr = 3e-3 if self.batch_size >= LARGE_BATCH else 1e-3
 
-    def validate(self) -> None:
-        """Raise AuditError for a value no run can use."""
+    def validate(self, given: Collection[str] = ()) -> None:
+        """Raise AuditError for a value no run can use; ``given`` names the fields set explicitly (flags, config file)."""
         if self.epochs < 1:
             raise AuditError(f"--epochs must be at least 1, got {self.epochs}")
+        for name, sizes in (("hidden", self.hidden), ("channels", self.channels)):
+            if any(size < 1 for size in sizes):
+                raise AuditError(f"--{name} sizes must be at least 1, got {','.join(map(str, sizes))}")
+        if self.weight_decay < 0:
+            raise AuditError(f"--weight-decay must be 0 or more, got {self.weight_decay}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise AuditError(f"--grad-clip must be positive, got {self.grad_clip}")
+        if not 0 <= self.momentum < 1:
+            raise AuditError(f"--momentum must be in [0, 1), got {self.momentum}")
+        if self.step_size < 1 or not self.gamma > 0:
+            raise AuditError(f"--step-size must be at least 1 and --gamma positive, got {self.step_size} and {self.gamma}")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise AuditError(f"--warmup-epochs must be in [0, --epochs), got {self.warmup_epochs} with {self.epochs} epochs")
+        # Options that only mean something under another option's choice: refused when given without it.
+        belongs = {"momentum": ("--momentum", "--optimizer sgd or rmsprop", self.optimizer in ("sgd", "rmsprop")),
+                   "warmup_epochs": ("--warmup-epochs", "--schedule cosine", self.schedule == "cosine"),
+                   "step_size": ("--step-size", "--schedule step", self.schedule == "step"),
+                   "gamma": ("--gamma", "--schedule step", self.schedule == "step"),
+                   "drop_sensitive": ("--drop-sensitive", "--sensitive", bool(self.sensitive) or self.command != "train")}
+        for name, (flag, needs, ok) in belongs.items():
+            if name in given and not ok:
+                raise AuditError(f"{flag} only applies with {needs}")
         if self.batch_size is not None and self.batch_size < 1:
             raise AuditError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.lr is not None and not self.lr > 0:
@@ -177,5 +199,5 @@ def build_config(values: dict[str, Any], plugin_options: dict[str, CliOption]) -
         else:
             raise AuditError(f"option {key!r} is unknown; expected a flag of 'audit train --help'")
     config = RunConfig(**core, options=options)
-    config.validate()
+    config.validate(given=set(core) - {"command", "command_line"})
     return config

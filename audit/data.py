@@ -386,6 +386,11 @@ def _positive_label(config: RunConfig, classes: list[str], target: str) -> str |
 def _load_digits(config: RunConfig) -> Dataset:
     if config.sensitive:
         raise AuditError("digits has no sensitive columns; drop --sensitive or use tabular data")
+    tabular_only = {"--target": config.target, "--categorical": config.categorical, "--numeric": config.numeric,
+                    "--drop-columns": config.drop_columns, "--positive-label": config.positive_label}
+    given = [flag for flag, value in tabular_only.items() if value]
+    if given:
+        raise AuditError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to tabular data; digits is 8x8 images of 10 classes")
     images, labels, digest = datasets.load_digits_images()
     rest, test_idx = _stratified_split(len(labels), labels, config.test_fraction, config.seed)
     tr, va = _stratified_split(len(rest), labels[rest], config.val_fraction, config.seed)

@@ -260,6 +260,10 @@ def run_evaluate(config: RunConfig, pm: pluggy.PluginManager) -> RunOutcome:
     checkpoint = load_checkpoint(config.model_path)
     schema = checkpoint["schema"]
     saved = checkpoint.get("config", {})
+    if config.data is None:
+        if schema.get("name") not in ("adult", "digits"):
+            raise AuditError(f"the model was trained on {schema.get('name')!r}, not on built-in data; pass --data FILE with the rows to audit")
+        config.data = schema["name"]
     if not config.sensitive:
         config.sensitive = list(schema.get("sensitive", []))
     if config.data in ("adult", "digits") and config.data != schema.get("name"):

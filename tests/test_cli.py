@@ -59,7 +59,7 @@ def test_evaluate_a_saved_model_again(cli, loans_csv, tmp_path):
 def test_evaluate_builtin_reproduces_the_test_split(cli, tmp_path):
     out = tmp_path / "digits"
     assert cli("train", "--data", "digits", "--epochs", "3", "--out", out, "-q").code == 0
-    assert cli("evaluate", "--model", out / "model.pt", "--data", "digits", "--out", tmp_path / "eval", "-q").code == 0
+    assert cli("evaluate", "--model", out / "model.pt", "--out", tmp_path / "eval", "-q").code == 0  # --data defaults to the model's built-in data
     assert read_report(tmp_path / "eval")["metrics"]["performance.accuracy"] == read_report(out)["metrics"]["performance.accuracy"]
 
 
@@ -125,6 +125,14 @@ def test_plugins_lists_the_builtins(cli):
     (["train", "--config", "{badyaml}"], "unknown"),
     (["train", "--config", "{wrongtype}"], "argument --epochs: invalid int value: 'ten' (from config file"),
     (["train", "--eps", "0.1", "--pgd-steps", "3"], "--eps, --pgd-steps only apply with --robustness"),
+    (["train", "--momentum", "0.5"], "--momentum only applies with --optimizer sgd or rmsprop"),
+    (["train", "--gamma", "0.3"], "--gamma only applies with --schedule step"),
+    (["train", "--schedule", "cosine", "--epochs", "2", "--warmup-epochs", "2"], "--warmup-epochs must be in [0, --epochs)"),
+    (["train", "--drop-sensitive"], "--drop-sensitive only applies with --sensitive"),
+    (["train", "--weight-decay", "-1"], "--weight-decay must be 0 or more"),
+    (["train", "--hidden", "64,0"], "--hidden sizes must be at least 1, got 64,0"),
+    (["train", "--data", "digits", "--positive-label", "3"], "--positive-label applies to tabular data"),
+    (["evaluate", "--model", "{csvmodel}"], "not on built-in data; pass --data FILE"),
     (["train", "--robustness", "--eps", "abc"], "expected comma-separated numbers, got 'abc'"),
     (["train", "--robustness", "--pgd-alpha", "0"], "--pgd-alpha must be a positive fraction of epsilon"),
     (["train", "--robustness", "--adv-eps", "0.1"], "--adv-eps only applies with --robustness adv-train"),
@@ -142,6 +150,9 @@ def test_bad_input_is_one_line_and_exit_2(cli, tmp_path, loans_csv, args, expect
     paths["corrupt"].write_bytes(b"not a checkpoint at all")
     paths["badyaml"] = tmp_path / "bad.yaml"
     paths["badyaml"].write_text("learning_rate: 3\n")
+    paths["csvmodel"] = tmp_path / "csvrun" / "model.pt"
+    if "{csvmodel}" in args:
+        assert cli("train", "--data", loans_csv, "--target", "defaulted", "--epochs", "1", "--out", paths["csvmodel"].parent, "-q").code == 0
     paths["wrongtype"] = tmp_path / "wrong.yaml"
     paths["wrongtype"].write_text("epochs: ten\n")
     out = tmp_path / "out"
