@@ -258,24 +258,24 @@ def retiring_pgd(attack: str, target: AttackTarget, rows: torch.Tensor, y: torch
 
 def sweep(target: AttackTarget, y: torch.Tensor, attack: str, eps_list: list[float], *, steps: int, alpha: float,
           random_start: bool, seed: int, clean: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[float, torch.Tensor]:
-    """Robust-correct mask per epsilon, cascading: a row wrong at a smaller epsilon is wrong at every larger one,
-    so each epsilon attacks only the rows still standing, and PGD retires rows as they fall. ``clean`` is a
-    ``clean_pass(..., with_grad=True)`` already made on these rows. Returns {eps: mask}."""
-    pgd = attack != "fgsm"
-    alive, clean_grad = clean or clean_pass(target, y, with_grad=pgd and not random_start)
+    """PGD / PGD-L2 robust-correct mask per epsilon, cascading: a row wrong at a smaller epsilon is wrong at every
+    larger one, so each epsilon attacks only the rows still standing, and rows retire as they fall. ``clean`` is a
+    ``clean_pass(..., with_grad=True)`` already made on these rows. Returns {eps: mask}.
+
+    (FGSM is not swept: its raw, uncascaded curve is what reveals gradient masking; see ``independent``.)
+    """
+    if attack not in ("pgd", "pgd-l2"):
+        raise ValueError(f"sweep runs pgd or pgd-l2, not {attack!r}")
+    alive, clean_grad = clean or clean_pass(target, y, with_grad=not random_start)
     alive = alive.clone()
     masks = {}
     for eps in sorted(eps_list):
         idx = torch.nonzero(alive).squeeze(1)
-        if len(idx) and pgd:
+        if len(idx):
             view_eps = eps / target.eps_scale
             start = random_start_delta(attack, target.inputs, view_eps, seed=seed)[idx] if random_start else None
             fooled = retiring_pgd(attack, target, idx, y, view_eps, steps=steps, alpha=alpha, start=start, clean_grad=clean_grad)
             alive[idx[fooled]] = False
-        elif len(idx):
-            adv = make_attack(attack, target.module, eps / target.eps_scale, steps=steps, alpha=alpha, random_start=random_start)(target.select(idx), y[idx])
-            alive[idx[~_correct(target.module, adv, y[idx])]] = False
-            target.point_at(torch.arange(len(y), device=y.device))
         masks[eps] = alive.clone()
     return masks
 
