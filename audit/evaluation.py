@@ -87,7 +87,7 @@ def build_context(*, config: RunConfig, dataset: Dataset, model: nn.Module, devi
 
 
 CORE_METRIC_SPECS = [
-    MetricSpec("performance.accuracy", True, "fraction", "Top-1 accuracy on the test split", ("EU AI Act Art. 15",)),
+    MetricSpec("performance.accuracy", True, "fraction", "Top-1 accuracy on the test split (exact 95% interval)", ("EU AI Act Art. 15",)),
     MetricSpec("performance.balanced_accuracy", True, "fraction", "Mean recall over classes on the test split", ("EU AI Act Art. 15",)),
     MetricSpec("performance.roc_auc", True, "fraction", "Area under the ROC curve (binary targets)", ("EU AI Act Art. 15",)),
     MetricSpec("performance.log_loss", False, "nats", "Mean cross-entropy on the test split", ("EU AI Act Art. 15",)),
@@ -105,7 +105,7 @@ def performance_section(ctx: EvalContext) -> Section:
     """Accuracy, balanced accuracy, ROC AUC (binary), log loss, confusion matrix, training curves."""
     section = Section("performance", "Performance")
     y_true, y_pred = ctx.test_y.numpy(), ctx.test_pred.numpy()
-    section.add_metric("accuracy", float((y_true == y_pred).mean()))
+    section.add_proportion("accuracy", int((y_true == y_pred).sum()), len(y_true))
     section.add_metric("balanced_accuracy", float(balanced_accuracy_score(y_true, y_pred)))
     section.add_metric("log_loss", float(ctx.heldout_losses.mean()))
     section.add_metric("test_rows", len(y_true))

@@ -76,6 +76,17 @@ class Section:
         """Add ``<section>.<name>``."""
         self.metrics[f"{self.name}.{name}"] = clean_number(value)
 
+    def add_proportion(self, name: str, successes: int, trials: int) -> float:
+        """Add ``<section>.<name>`` = successes / trials with its exact 95% interval (``.ci_low``, ``.ci_high``)."""
+        from audit.intervals import clopper_pearson
+
+        value = successes / trials if trials else float("nan")
+        low, high = clopper_pearson(successes, trials)
+        self.add_metric(name, value)
+        self.add_metric(f"{name}.ci_low", low)
+        self.add_metric(f"{name}.ci_high", high)
+        return value
+
 
 @dataclass
 class Report:

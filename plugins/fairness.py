@@ -351,7 +351,7 @@ def run_decisions(args: argparse.Namespace) -> int:
                          "data": {"name": Path(args.data).stem, "source": args.data, "sha256": digest, "rows": len(frame), "target": args.y_true,
                                   "positive_label": positive, "sensitive": sensitive}})
     perf = Section("performance", "Performance of the recorded decisions")
-    perf.add_metric("accuracy", float((y_true == y_pred).mean()))
+    perf.add_proportion("accuracy", int((y_true == y_pred).sum()), len(y_true))
     perf.add_metric("balanced_accuracy", float(balanced_accuracy_score(y_true, y_pred)))
     perf.add_metric("selection_rate", float(y_pred.mean()))
     perf.add_metric("test_rows", len(y_true))

@@ -6,8 +6,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import beta
 from sklearn.metrics import roc_auc_score, roc_curve
+
+from audit.intervals import clopper_pearson
 
 
 @dataclass
@@ -27,12 +28,6 @@ def tpr_at_fpr(labels: np.ndarray, scores: np.ndarray, fpr_target: float) -> flo
     fpr, tpr, _ = roc_curve(labels, scores)
     ok = fpr <= fpr_target
     return float(tpr[ok].max()) if ok.any() else 0.0
-
-
-def _clopper_pearson(successes: int, trials: int, alpha: float) -> tuple[float, float]:
-    lo = beta.ppf(alpha / 2, successes, trials - successes + 1) if successes > 0 else 0.0
-    hi = beta.ppf(1 - alpha / 2, successes + 1, trials - successes) if successes < trials else 1.0
-    return float(lo), float(hi)
 
 
 def _epsilon_at(tpr: float, fpr: float, delta: float) -> float:
@@ -63,10 +58,9 @@ def epsilon_lower_bound(member_scores: np.ndarray, nonmember_scores: np.ndarray,
     fpr_safe = np.maximum(fpr_fit, 1.0 / max(len(n_fit), 1))
     point = [_epsilon_at(t, f, delta) for t, f in zip(tpr_fit, fpr_safe)]
     threshold = thresholds[int(np.argmax(point))]
-    alpha = 1 - confidence
     tp, fp = int((m_eval >= threshold).sum()), int((n_eval >= threshold).sum())
-    tpr_lo, tpr_hi = _clopper_pearson(tp, len(m_eval), alpha)
-    fpr_lo, fpr_hi = _clopper_pearson(fp, len(n_eval), alpha)
+    tpr_lo, tpr_hi = clopper_pearson(tp, len(m_eval), confidence)
+    fpr_lo, fpr_hi = clopper_pearson(fp, len(n_eval), confidence)
     # Both directions of the DP inequality; each uses the conservative side of each interval.
     return max(_epsilon_at(tpr_lo, fpr_hi, delta), _epsilon_at(1 - tpr_hi, 1 - fpr_lo, delta) if fpr_lo < 1 else 0.0, 0.0)
 

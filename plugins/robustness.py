@@ -352,9 +352,8 @@ def audit_evaluate(ctx: EvalContext) -> Section | None:
     model = ctx.model.eval()
     target = attack_target(model, data, x, perturb_categorical=config.option("perturb_categorical", False))
     clean_mask, clean_grad = clean_pass(target, y, with_grad=True)  # shared by every PGD sweep's first step
-    clean = float(clean_mask.float().mean())
     section = Section("robustness", "Adversarial robustness")
-    section.add_metric("clean_accuracy", clean)
+    clean = section.add_proportion("clean_accuracy", int(clean_mask.sum()), n)
     section.add_metric("samples", n)
     curves: dict[str, list[float]] = {}
     masks_by_attack: dict[str, dict[float, torch.Tensor]] = {}
@@ -370,11 +369,10 @@ def audit_evaluate(ctx: EvalContext) -> Section | None:
             masks = sweep(target, y, attack, eps_list, clean=(clean_mask, clean_grad), **kw)
         bar.update(len(eps_list))
         masks_by_attack[attack] = masks
-        accs = [float(masks[e].float().mean()) for e in eps_list]
+        accs = [section.add_proportion(f"{attack}.{eps_segment(eps)}.robust_accuracy", int(masks[eps].sum()), n) for eps in eps_list]
         curves[attack] = accs
         for eps, acc in zip(eps_list, accs):
             success = 1 - acc / clean if clean > 0 else 0.0
-            section.add_metric(f"{attack}.{eps_segment(eps)}.robust_accuracy", acc)
             section.add_metric(f"{attack}.{eps_segment(eps)}.attack_success_rate", success)
             rows_table.append([attack, eps, acc, success])
         section.add_metric(f"{attack}.auc", curve_auc(eps_list, accs, clean))
@@ -403,17 +401,17 @@ def _groups(ctx: EvalContext, section: Section, rows: torch.Tensor, masks: dict[
     eps_ref = eps_list[len(eps_list) // 2]
     robust = masks[strongest][eps_ref].cpu().numpy()
     clean = clean_mask.cpu().numpy()
-    table, worst = [], 1.0
+    table, worst = [], (2.0, 0, 0)  # (accuracy, robust rows, rows) of the worst group
     for feature in ctx.dataset.sensitive:
         groups = ctx.dataset.test.groups[feature].to_numpy()[rows.numpy()]
         for group in sorted(set(groups)):
             sel = groups == group
-            acc, clean_acc = float(robust[sel].mean()), float(clean[sel].mean())
-            worst = min(worst, acc)
-            segment = metric_segment(group)
-            section.metrics[f"robustness.{feature}.{segment}.robust_accuracy"] = acc
-            table.append([feature, group, int(sel.sum()), clean_acc, acc, clean_acc - acc])
-    section.add_metric("worst_group_robust_accuracy", worst)
+            hits, size = int(robust[sel].sum()), int(sel.sum())
+            acc = section.add_proportion(f"{feature}.{metric_segment(group)}.robust_accuracy", hits, size)
+            worst = min(worst, (acc, hits, size))
+            clean_acc = float(clean[sel].mean())
+            table.append([feature, group, size, clean_acc, acc, clean_acc - acc])
+    section.add_proportion("worst_group_robust_accuracy", worst[1], worst[2])
     section.tables.append(Table(f"Per group: {strongest} at epsilon {eps_ref:g}", ["feature", "group", "rows", "clean accuracy", "robust accuracy", "loss"], table))
     section.notes.append(f"worst_group_robust_accuracy: the lowest group robust accuracy under {strongest} at epsilon {eps_ref:g} (the middle epsilon)")
 
@@ -478,7 +476,8 @@ def audit_metric_specs() -> list[MetricSpec]:
         MetricSpec("robustness.*.eps_*.robust_accuracy", True, "fraction", "Accuracy under the attack at this epsilon", TAGS),
         MetricSpec("robustness.*.eps_*.attack_success_rate", False, "fraction", "Share of correctly classified rows the attack flips", TAGS),
         MetricSpec("robustness.*.auc", True, "fraction", "Area under accuracy against epsilon, divided by the largest epsilon", TAGS),
-        MetricSpec("robustness.worst_group_robust_accuracy", True, "fraction", "Lowest group robust accuracy (PGD, middle epsilon)", TAGS),
+        MetricSpec("robustness.worst_group_robust_accuracy", True, "fraction",
+                   "Lowest group robust accuracy (PGD, middle epsilon), with that group's exact 95% interval", TAGS),
         MetricSpec("robustness.clean_accuracy", True, "fraction", "Accuracy of the attacked subset without attack", TAGS),
         MetricSpec("robustness.adv_train.clean_accuracy_cost", False, "fraction", "Clean accuracy lost to adversarial training", TAGS),
         MetricSpec("robustness.adv_train.baseline_clean_accuracy", None, "fraction", "Clean accuracy of the same model trained without PGD", TAGS),

@@ -113,7 +113,9 @@ def test_audit_gate_refreshes_the_verdicts_per_clause(cli, tmp_path, run_dir):
 def test_model_card_fills_what_was_measured_and_leaves_judgement_to_a_person(cli, tmp_path, run_dir):
     report = read_report(run_dir)
     card = (run_dir / "model_card.md").read_text()
-    assert f"| `performance.accuracy` | {report['metrics']['performance.accuracy']:.4g} |" in card
+    m = report["metrics"]
+    assert (f"| `performance.accuracy` | {m['performance.accuracy']:.4g} (95% interval {m['performance.accuracy.ci_low']:.4g} "
+            f"to {m['performance.accuracy.ci_high']:.4g}) |") in card
     assert report["run"]["model_sha256"] in card and report["run"]["data"]["sha256"] in card
     assert "Groups audited: sex" in card and "Trained without differential privacy" in card
     assert card.count("[TO FILL:") >= 5 and "Intended use" in card and "Out-of-scope uses: _[TO FILL" in card

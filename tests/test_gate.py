@@ -26,6 +26,8 @@ def _policy(tmp_path, text):
 @pytest.mark.parametrize("rule, expected", [
     ("- performance.accuracy >= 0.5", 0),
     ("- performance.accuracy >= 0.99", 1),
+    ("- {metric: performance.accuracy, op: '>=', value: 0.5, bound: lower}", 0),  # the exact 95% interval's lower end
+    ("- {metric: performance.accuracy, op: '>=', value: 0.999, bound: upper}", 1),
     ("- {metric: fairness.sex.demographic_parity_difference, op: '<=', value: 0.5, bound: upper}", 0),
     ("- {metric: fairness.sex.demographic_parity_difference, op: '<=', value: 0.0001, bound: upper}", 1),
     ("- {metric: 'fairness.*.equalized_odds_difference', op: '<=', value: 1.0}", 0),

@@ -28,6 +28,8 @@ def test_robust_accuracy_falls_and_pgd_is_stronger(digits_report):
     assert pgd[-1] <= 0.1 + 0.05  # ten classes: chance is 0.1
     assert m["robustness.unbounded_pgd_accuracy"] <= 0.15
     assert 0 < m["robustness.pgd.auc"] < m["robustness.clean_accuracy"]
+    for name in [f"robustness.pgd.{eps_segment(e)}.robust_accuracy" for e in EPS] + ["robustness.clean_accuracy"]:
+        assert m[f"{name}.ci_low"] <= m[name] <= m[f"{name}.ci_high"] and m[f"{name}.ci_high"] - m[f"{name}.ci_low"] < 0.15
 
 
 def test_adversarial_training_raises_pgd_accuracy(tmp_path, cli):
@@ -99,5 +101,10 @@ def test_tabular_robustness_with_groups_through_cli(cli, tmp_path):
     out = tmp_path / "tab"
     assert cli("train", "--sensitive", "sex", "--epochs", "2", "--robustness", "--robustness-samples", "300", "--out", out, "-q").code == 0
     m = read_report(out)["metrics"]
-    assert 0 <= m["robustness.worst_group_robust_accuracy"] <= 1
-    assert "robustness.sex.Female.robust_accuracy" in m
+    groups = {g: m[f"robustness.sex.{g}.robust_accuracy"] for g in ("Female", "Male")}
+    worst = min(groups, key=groups.get)
+    assert m["robustness.worst_group_robust_accuracy"] == groups[worst]
+    # the worst group's own interval: fewer rows than the whole subset, so wider than the overall one
+    assert m["robustness.worst_group_robust_accuracy.ci_low"] == m[f"robustness.sex.{worst}.robust_accuracy.ci_low"]
+    width = m["robustness.sex.Female.robust_accuracy.ci_high"] - m["robustness.sex.Female.robust_accuracy.ci_low"]
+    assert width > m["robustness.pgd.eps_0p25.robust_accuracy.ci_high"] - m["robustness.pgd.eps_0p25.robust_accuracy.ci_low"]
