@@ -56,6 +56,8 @@ def audit_configure(config: RunConfig) -> None:
     mode = config.option("fairness")
     if mode is not None and not config.sensitive:
         raise AuditError("--fairness needs --sensitive COLUMN[,COLUMN]: the groups to compare")
+    if mode == "reweight" and config.command == "evaluate":
+        raise AuditError("--fairness reweight trains a model; use 'audit train' (evaluate audits fairness with --sensitive alone)")
     if not config.sensitive:
         config.refuse_without("--sensitive COLUMN[,COLUMN]", SENSITIVE_ONLY_FLAGS)
     if config.option("fairness_baseline", False) and mode != "reweight":

@@ -125,6 +125,7 @@ def test_plugins_lists_the_builtins(cli):
     (["train", "--config", "{badyaml}"], "unknown"),
     (["train", "--config", "{wrongtype}"], "argument --epochs: invalid int value: 'ten' (from config file"),
     (["train", "--eps", "0.1", "--pgd-steps", "3"], "--eps, --pgd-steps only apply with --robustness"),
+    (["evaluate", "--model", "{csvmodel}", "--data", "{csv}", "--sensitive", "sex", "--fairness", "reweight"], "--fairness reweight trains a model"),
     (["train", "--momentum", "0.5"], "--momentum only applies with --optimizer sgd or rmsprop"),
     (["train", "--gamma", "0.3"], "--gamma only applies with --schedule step"),
     (["train", "--schedule", "cosine", "--epochs", "2", "--warmup-epochs", "2"], "--warmup-epochs must be in [0, --epochs)"),
