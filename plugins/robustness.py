@@ -374,10 +374,12 @@ def audit_evaluate(ctx: EvalContext) -> Section | None:
         for eps, acc in zip(eps_list, accs):
             success = 1 - acc / clean if clean > 0 else 0.0
             section.add_metric(f"{attack}.{eps_segment(eps)}.attack_success_rate", success)
-            rows_table.append([attack, eps, acc, success])
+            name = f"robustness.{attack}.{eps_segment(eps)}.robust_accuracy"
+            rows_table.append([attack, eps, acc, section.metrics[f"{name}.ci_low"], section.metrics[f"{name}.ci_high"], success])
         section.add_metric(f"{attack}.auc", curve_auc(eps_list, accs, clean))
     bar.close()
-    section.tables.append(Table("Robust accuracy per attack and epsilon", ["attack", "epsilon", "robust accuracy", "attack success rate"], rows_table))
+    section.tables.append(Table("Robust accuracy per attack and epsilon",
+                                ["attack", "epsilon", "robust accuracy", "95% low", "95% high", "attack success rate"], rows_table))
     section.figures.append(Figure("Accuracy under attack", "line", f"epsilon ({target.unit})", "accuracy",
                                   [Series(a, [0.0] + eps_list, [clean] + curves[a]) for a in attacks]))
     _groups(ctx, section, rows, masks_by_attack, eps_list, clean_mask)
