@@ -102,17 +102,19 @@ class FeatureView(nn.Module):
     feature j is exposed as u_j = (x_j - lower_j) / scale with one common ``scale``: an epsilon of
     e / scale in the view is exactly e in the model's (standardised) units for every feature. Values
     stay within the training range: u >= 0 gives x >= lower, and the forward pass clamps x <= upper.
-    The other columns (one-hot categories) come from ``fixed`` unchanged.
+    The other columns (one-hot categories) come from ``fixed``, the rows of ``fixed_all`` the attack is
+    about (torchattacks calls ``module(x)`` with nothing else, so the view must hold them).
     """
 
-    def __init__(self, model: nn.Module, index: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> None:
+    def __init__(self, model: nn.Module, index: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, rows: torch.Tensor) -> None:
         super().__init__()
         self.model = model
         self.register_buffer("index", index)
         self.register_buffer("lower", lower[index])
         self.register_buffer("upper", upper[index])
         self.scale = float((self.upper - self.lower).max().clamp_min(1e-6))
-        self.fixed: torch.Tensor | None = None
+        self.fixed_all = rows
+        self.fixed = rows
 
     def to_view(self, x: torch.Tensor) -> torch.Tensor:
         """The [0, 1] view of rows ``x`` (the model's input), shaped (N, 1, 1, k)."""
@@ -156,8 +158,7 @@ def attack_target(model: nn.Module, dataset: Dataset, x: torch.Tensor, *, pertur
     index = torch.nonzero(mask).squeeze(1).to(x.device)
     if len(index) == 0:
         raise AuditError("no feature can be perturbed: the data has no numeric columns (pass --perturb-categorical)")
-    view = FeatureView(model, index, dataset.lower.to(x.device), dataset.upper.to(x.device)).to(x.device)
-    view.fixed_all = x
+    view = FeatureView(model, index, dataset.lower.to(x.device), dataset.upper.to(x.device), x).to(x.device)
     return AttackTarget(view, view.to_view(x), view.scale, "standard deviations of each numeric feature (training split)")
 
 
