@@ -32,10 +32,12 @@ def test_html_is_self_contained_and_shows_the_json_values(cli, tmp_path):
     assert not re.search(r"(src|href)=\"https?://", html)
     for section in report["sections"]:
         assert f'id="section-{section["name"]}"' in html
-    for name in ("performance.accuracy", "fairness.sex.demographic_parity_difference", "robustness.pgd.auc", "privacy.mia_auc"):
-        shown = re.search(rf'data-metric="{re.escape(name)}">([^<]+)<', html).group(1)
-        assert shown == format_value(report["metrics"][name])
+    shown = dict(re.findall(r'data-metric="([^"]+)">([^<]*)<', html))
+    assert shown == {name: format_value(value) for name, value in report["metrics"].items()}  # every metric, exactly as in the JSON
     assert "<svg" in html
     markdown = (out / "report.md").read_text()
-    assert f"| performance.accuracy | {format_value(report['metrics']['performance.accuracy'])} |" in markdown
+    m = report["metrics"]
+    assert (f"| performance.accuracy | {format_value(m['performance.accuracy'])} | {format_value(m['performance.accuracy.ci_low'])} "
+            f"to {format_value(m['performance.accuracy.ci_high'])} |") in markdown
+    assert "| performance.accuracy.ci_low |" not in markdown  # an interval sits in its metric's row
     assert render_html(report) == html and render_markdown(report) == markdown

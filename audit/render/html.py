@@ -47,11 +47,23 @@ def provenance_rows(run: dict[str, Any]) -> list[tuple[str, str]]:
     return [(k, str(v)) for k, v in rows]
 
 
+def metric_rows(metrics: dict[str, Any]) -> list[tuple[str, Any, Any, Any]]:
+    """(name, value, 95% low, 95% high) per metric: a metric's ``.ci_low``/``.ci_high`` join its own row."""
+    suffixes = (".ci_low", ".ci_high")
+    rows = []
+    for name, value in metrics.items():
+        base = next((name[: -len(s)] for s in suffixes if name.endswith(s)), None)
+        if base is not None and base in metrics:
+            continue
+        rows.append((name, value, metrics.get(f"{name}.ci_low"), metrics.get(f"{name}.ci_high")))
+    return rows
+
+
 def render_html(report: dict[str, Any]) -> str:
     """Return the report page for a report dict (as read from report.json)."""
     sections = [dict(s, figures=s.get("figures", []), tables=s.get("tables", [])) for s in report.get("sections", [])]
     gate = next((s for s in sections if s["name"] == "gate"), None)
     gate_info = {"passed": report["metrics"].get("gate.passed") == 1} if gate else None
     return _ENV.get_template("report.html.j2").render(
-        run=report.get("run", {}), metrics=report["metrics"], sections=sections, fmt=format_value, svg=render_figure, cell_class=cell_class, long_table=LONG_TABLE_ROWS,
+        run=report.get("run", {}), metric_rows=metric_rows(report["metrics"]), sections=sections, fmt=format_value, svg=render_figure, cell_class=cell_class, long_table=LONG_TABLE_ROWS,
         provenance=provenance_rows(report.get("run", {})), content_sha256=report.get("content_sha256", ""), gate=gate_info)

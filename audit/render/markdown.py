@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from audit.render.html import LONG_TABLE_ROWS, format_value, provenance_rows
+from audit.render.html import LONG_TABLE_ROWS, format_value, metric_rows, provenance_rows
 
 
 def _table(columns: list[str], rows: list[list[Any]]) -> list[str]:
@@ -19,7 +19,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = ["# rai-audit report", "",
              f"Data `{run.get('data', {}).get('name', '?')}`, seed {run.get('seed')}, device {run.get('device')}, "
              f"started {run.get('started_at')}.", "", f"Command: `{run.get('command_line', '')}`", "", "## Metrics", ""]
-    lines += _table(["metric", "value"], [[k, v] for k, v in report["metrics"].items()])
+    lines += _table(["metric", "value", "95% interval"],
+                    [[name, value, "" if low is None and high is None else f"{format_value(low)} to {format_value(high)}"]
+                     for name, value, low, high in metric_rows(report["metrics"])])
     for s in report.get("sections", []):
         lines += ["", f"## {s['title']}", ""]
         lines += [f"> **Warning:** {w}" for w in s.get("warnings", [])]
