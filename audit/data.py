@@ -306,10 +306,17 @@ def load_dataset(config: RunConfig, *, schema: dict[str, Any] | None = None) -> 
     return _build_tabular(config, Path(config.data).stem, frame, None, digest, target, "stratified split from --seed", None)
 
 
+MIN_ROWS_PER_CLASS = 10  # so that train, validation and test each hold every class (at the default fractions)
+
+
 def _build_tabular(config: RunConfig, name: str, frame: pd.DataFrame, test_frame: pd.DataFrame | None,
                    digest: str, target: str, split_source: str, schema: dict[str, Any] | None) -> Dataset:
     source = config.data
     y_all, classes = _encode_target(frame, target, source, schema["classes"] if schema else None)
+    rarest = int(np.bincount(y_all, minlength=len(classes)).min())
+    if rarest < MIN_ROWS_PER_CLASS:
+        raise AuditError(f"{source} has {len(frame)} rows and its rarest target class only {rarest}; expected at least "
+                         f"{MIN_ROWS_PER_CLASS} rows of every class of {target!r} to split into train, validation and test")
     check_sensitive(frame, config.sensitive, source)
     positive = _positive_label(config, classes, target)
     notes: list[str] = []

@@ -115,6 +115,44 @@ def _features(sensitive: list[str]) -> list[tuple[str, list[str]]]:
     return features
 
 
+def _one_group_warning(feature: str, groups: Any, rows: int) -> str:
+    # A gap over one group is 0 by arithmetic, not by fairness: the summaries are left out, so a gate on them fails closed.
+    only = groups[0] if len(groups) else "-"
+    return f"{feature}: only one group ('{only}') among the {rows} audited rows, so its fairness metrics compare nothing and are left out"
+
+
+def group_accuracy_section(y_true: np.ndarray, y_pred: np.ndarray, groups: pd.DataFrame, sensitive: list[str], *,
+                           num_classes: int, min_group_size: int) -> Section:
+    """The fairness section for a multiclass target: accuracy per group (exact 95% intervals), the worst group, the gap."""
+    section = Section("fairness", "Fairness")
+    section.notes.append(f"selection, TPR and FPR gaps need a binary target; this target has {num_classes} classes, so the "
+                         "section compares accuracy across groups (exact Clopper-Pearson 95% intervals)")
+    correct = y_true == y_pred
+    for feature, columns in _features(sensitive):
+        labels = _intersection(groups, columns)
+        names = sorted(set(labels))
+        if len(names) < 2:
+            section.warnings.append(_one_group_warning(feature, names, len(y_true)))
+            continue
+        prefix, rows, counts = metric_segment(feature), [], []
+        for group in names:
+            sel = labels == group
+            hits, size = int(correct[sel].sum()), int(sel.sum())
+            segment = f"{prefix}.group.{metric_segment(group)}"
+            section.add_metric(f"{segment}.size", size)
+            accuracy = section.add_proportion(f"{segment}.accuracy", hits, size)
+            rows.append([group, size, accuracy, section.metrics[f"fairness.{segment}.accuracy.ci_low"],
+                         section.metrics[f"fairness.{segment}.accuracy.ci_high"]])
+            counts.append((accuracy, hits, size))
+            if size < min_group_size:
+                section.warnings.append(f"{feature} = '{group}' has only {size} test rows (< {min_group_size}); its accuracy says little")
+        worst = min(counts)
+        section.add_proportion(f"{prefix}.worst_group_accuracy", worst[1], worst[2])
+        section.add_metric(f"{prefix}.accuracy_difference", max(counts)[0] - worst[0])
+        section.tables.append(Table(f"{feature}: accuracy per group", ["group", "size", "accuracy", "95% low", "95% high"], rows))
+    return section
+
+
 def fairness_section(y_true: np.ndarray, y_pred: np.ndarray, groups: pd.DataFrame, sensitive: list[str], *,
                      n_boot: int, seed: int, min_group_size: int) -> tuple[Section, dict[str, GroupAudit]]:
     """The fairness section for binary labels (1 = positive) and the sensitive features of the same rows."""
@@ -124,7 +162,10 @@ def fairness_section(y_true: np.ndarray, y_pred: np.ndarray, groups: pd.DataFram
         audit = audit_groups(y_true, y_pred, _intersection(groups, columns), n_boot=n_boot, seed=seed)
         audits[feature] = audit
         prefix = metric_segment(feature)
-        for name in SUMMARIES:
+        comparable = len(audit.groups) >= 2
+        if not comparable:
+            section.warnings.append(_one_group_warning(feature, audit.groups, len(y_true)))
+        for name in SUMMARIES if comparable else ():
             section.add_metric(f"{prefix}.{name}", audit.summaries[name])
             if name in audit.summary_ci:
                 section.add_metric(f"{prefix}.{name}.ci_low", audit.summary_ci[name][0])
@@ -146,11 +187,12 @@ def fairness_section(y_true: np.ndarray, y_pred: np.ndarray, groups: pd.DataFram
                     row.append(round(value, 4) if np.isfinite(value) else None)
             rows.append(row)
             if audit.rates["size"][i] < min_group_size:
-                section.warnings.append(f"{feature} = {group!r} has only {int(audit.rates['size'][i])} test rows "
+                section.warnings.append(f"{feature} = '{group}' has only {int(audit.rates['size'][i])} test rows "
                                         f"(< {min_group_size}); its rates and intervals say little")
         section.tables.append(Table(f"{feature}: per-group rates (95% bootstrap interval)", ["group", "size", *RATES], rows))
-        section.tables.append(Table(f"{feature}: summaries", ["metric", "value", "95% low", "95% high"],
-                                    [[n, audit.summaries[n], *audit.summary_ci.get(n, (None, None))] for n in SUMMARIES]))
+        if comparable:
+            section.tables.append(Table(f"{feature}: summaries", ["metric", "value", "95% low", "95% high"],
+                                        [[n, audit.summaries[n], *audit.summary_ci.get(n, (None, None))] for n in SUMMARIES]))
         bars = []
         for rate in ("selection_rate", "tpr", "fpr"):
             lo_hi = audit.rate_ci.get(rate)
@@ -229,10 +271,8 @@ def audit_evaluate(ctx: EvalContext) -> Section | None:
         return None
     labels = ctx.binary_labels()
     if labels is None:
-        section = Section("fairness", "Fairness")
-        section.notes.append("group rates need a binary target; this target has "
-                             f"{ctx.dataset.num_classes} classes, so only per-group accuracy is shown")
-        return section
+        return group_accuracy_section(ctx.test_y.numpy(), ctx.test_pred.numpy(), ctx.dataset.test.groups, ctx.dataset.sensitive,
+                                      num_classes=ctx.dataset.num_classes, min_group_size=config.option("min_group_size"))
     y_true, y_pred = labels
     section, _ = fairness_section(y_true, y_pred, ctx.dataset.test.groups, ctx.dataset.sensitive,
                                   n_boot=config.option("fairness_bootstrap"), seed=ctx.seed,

@@ -56,6 +56,7 @@ def test_digits_images_are_in_unit_range():
     (lambda f: f.assign(sex="F"), "single value"),
     (lambda f: f.drop(columns=["sex"]), "no sensitive column"),
     (lambda f: f.drop(columns=["defaulted"]), "no target column"),
+    (lambda f: f.head(8), "expected at least 10 rows of every class of 'defaulted'"),
 ])
 def test_bad_tables_are_refused(tmp_path, change, message):
     path = tmp_path / "bad.csv"

@@ -7,7 +7,7 @@ from fairlearn.metrics import (MetricFrame, demographic_parity_difference, demog
 from sklearn.metrics import accuracy_score, precision_score
 
 from audit_plugins.fairness_metrics import audit_groups, reweighing_weights
-from tests.conftest import read_report, undeclared_metrics
+from tests.conftest import make_loans, read_report, undeclared_metrics
 
 
 def _compare(y, p, g):
@@ -135,3 +135,34 @@ def test_small_groups_are_warned_about(cli, tmp_path):
     assert cli("train", "--sensitive", "race", "--epochs", "1", "--min-group-size", "200", "--out", out, "-q").code == 0
     fairness = [s for s in read_report(out)["sections"] if s["name"] == "fairness"][0]
     assert any("Other" in w for w in fairness["warnings"])
+
+
+def test_one_group_in_the_audited_rows_leaves_the_gaps_out(cli, tmp_path):
+    # a gap over one group is 0 by arithmetic: reporting it would pass any parity gate
+    frame = make_loans(600).assign(sex=lambda f: np.where(np.arange(len(f)) < 598, "F", "M"))
+    path = tmp_path / "rare.csv"
+    frame.to_csv(path, index=False)
+    out = tmp_path / "rare"
+    assert cli("train", "--data", path, "--target", "defaulted", "--sensitive", "sex", "--epochs", "1", "--out", out, "-q").code == 0
+    report = read_report(out)
+    assert not [k for k in report["metrics"] if k.startswith("fairness.sex.") and ".group." not in k]
+    fairness = next(s for s in report["sections"] if s["name"] == "fairness")
+    assert any("only one group ('F')" in w for w in fairness["warnings"])
+    policy = tmp_path / "p.yaml"
+    policy.write_text("rules:\n  - fairness.sex.demographic_parity_difference <= 0.1\n")
+    assert cli("gate", out / "report.json", "--policy", policy).code == 1  # fails closed
+    assert "only one group ('F')" in (out / "model_card.md").read_text()
+
+
+def test_multiclass_target_compares_accuracy_across_groups(cli, tmp_path):
+    frame = make_loans(900).assign(grade=lambda f: np.random.default_rng(0).choice(["a", "b", "c"], len(f)))
+    path = tmp_path / "multi.csv"
+    frame.to_csv(path, index=False)
+    out = tmp_path / "multi"
+    assert cli("train", "--data", path, "--target", "grade", "--sensitive", "sex", "--epochs", "1", "--out", out, "-q").code == 0
+    m = read_report(out)["metrics"]
+    accs = {g: m[f"fairness.sex.group.{g}.accuracy"] for g in ("F", "M")}
+    assert m["fairness.sex.worst_group_accuracy"] == min(accs.values())
+    assert m["fairness.sex.accuracy_difference"] == pytest.approx(max(accs.values()) - min(accs.values()))
+    assert m["fairness.sex.worst_group_accuracy.ci_low"] < m["fairness.sex.worst_group_accuracy"] < m["fairness.sex.worst_group_accuracy.ci_high"]
+    assert undeclared_metrics(m) == []

@@ -69,7 +69,7 @@ def render_model_card(report: dict[str, Any]) -> str:
              f"- Missing values (filled in preprocessing): {_counts(data.get('missing_values'))}", "",
              "## Metrics (test split)", ""]
     lines += _metric_lines(metrics, ["performance.accuracy", "performance.balanced_accuracy", "performance.roc_auc", "performance.log_loss"])
-    lines += _fairness(metrics, data)
+    lines += _fairness(report, metrics, data)
     lines += _privacy(report, metrics)
     lines += _robustness(metrics)
     lines += ["", "## Efficiency", ""]
@@ -109,12 +109,16 @@ def _counts(counts: dict[str, int] | None) -> str:
     return ", ".join(f"{column} {n}" for column, n in counts.items()) if counts else "none"
 
 
-def _fairness(metrics: dict[str, Any], data: dict[str, Any]) -> list[str]:
+def _fairness(report: dict[str, Any], metrics: dict[str, Any], data: dict[str, Any]) -> list[str]:
     names = _headline(metrics, "fairness.", (".demographic_parity_difference", ".equalized_odds_difference", ".worst_group_accuracy"))
     names = [n for n in names if not n.startswith(("fairness.baseline.", "fairness.postprocessed."))]
     if not names:
-        return ["", "## Fairness", "", "- Not audited in this run." if data.get("sensitive") else
-                "- Not audited: no sensitive features were given."]
+        if not data.get("sensitive"):
+            return ["", "## Fairness", "", "- Not audited: no sensitive features were given."]
+        section = next((s for s in report.get("sections", []) if s.get("name") == "fairness"), {})
+        why = [f"- {line}" for line in (section.get("warnings") or section.get("notes", [])[:1])]
+        return ["", "## Fairness", "", "- No fairness metric could be computed for the groups given:", *why] if why else \
+            ["", "## Fairness", "", "- Not audited in this run."]
     extra = [n for n in ("fairness.mitigation.accuracy_cost",) if n in metrics]
     return ["", "## Fairness", "", *_metric_lines(metrics, names + extra)]
 
