@@ -115,6 +115,16 @@ def _features(sensitive: list[str]) -> list[tuple[str, list[str]]]:
     return features
 
 
+def _small_groups_warning(feature: str, sizes: dict[Any, int], min_group_size: int) -> str | None:
+    """One warning per feature naming its groups with fewer than ``min_group_size`` audited rows (smallest first)."""
+    small = sorted((size, str(group)) for group, size in sizes.items() if size < min_group_size)
+    if not small:
+        return None
+    shown = ", ".join(f"'{group}' ({size})" for size, group in small[:8]) + (f" and {len(small) - 8} more" if len(small) > 8 else "")
+    return (f"{feature}: {len(small)} group(s) have fewer than {min_group_size} audited rows, so their figures say little: "
+            f"{shown}")
+
+
 def _one_group_warning(feature: str, groups: Any, rows: int) -> str:
     # A gap over one group is 0 by arithmetic, not by fairness: the summaries are left out, so a gate on them fails closed.
     only = groups[0] if len(groups) else "-"
@@ -144,8 +154,8 @@ def group_accuracy_section(y_true: np.ndarray, y_pred: np.ndarray, groups: pd.Da
             rows.append([group, size, accuracy, section.metrics[f"fairness.{segment}.accuracy.ci_low"],
                          section.metrics[f"fairness.{segment}.accuracy.ci_high"]])
             counts.append((accuracy, hits, size))
-            if size < min_group_size:
-                section.warnings.append(f"{feature} = '{group}' has only {size} test rows (< {min_group_size}); its accuracy says little")
+        small = _small_groups_warning(feature, {row[0]: row[1] for row in rows}, min_group_size)
+        section.warnings += [small] if small else []
         worst = min(counts)
         section.add_proportion(f"{prefix}.worst_group_accuracy", worst[1], worst[2])
         section.add_metric(f"{prefix}.accuracy_difference", max(counts)[0] - worst[0])
@@ -186,9 +196,8 @@ def fairness_section(y_true: np.ndarray, y_pred: np.ndarray, groups: pd.DataFram
                 else:
                     row.append(round(value, 4) if np.isfinite(value) else None)
             rows.append(row)
-            if audit.rates["size"][i] < min_group_size:
-                section.warnings.append(f"{feature} = '{group}' has only {int(audit.rates['size'][i])} test rows "
-                                        f"(< {min_group_size}); its rates and intervals say little")
+        small = _small_groups_warning(feature, {g: int(n) for g, n in zip(audit.groups, audit.rates["size"])}, min_group_size)
+        section.warnings += [small] if small else []
         section.tables.append(Table(f"{feature}: per-group rates (95% bootstrap interval)", ["group", "size", *RATES], rows))
         if comparable:
             section.tables.append(Table(f"{feature}: summaries", ["metric", "value", "95% low", "95% high"],
