@@ -150,14 +150,21 @@ class AttackTarget:
             self.module.fixed = self.module.fixed_all[rows]
 
 
+def _check_perturbable(dataset: Dataset, *, perturb_categorical: bool) -> torch.Tensor:
+    """Indices of the input columns an attack may move; refuse data with none."""
+    mask = torch.ones_like(dataset.perturbable) if perturb_categorical else dataset.perturbable
+    index = torch.nonzero(mask).squeeze(1)
+    if len(index) == 0:
+        raise AuditError("--robustness: no feature can be perturbed, the data has no numeric columns; "
+                         "expected at least one, or pass --perturb-categorical to move one-hot columns as continuous values")
+    return index
+
+
 def attack_target(model: nn.Module, dataset: Dataset, x: torch.Tensor, *, perturb_categorical: bool) -> AttackTarget:
     """Build the [0, 1] attack view for this data: identity for images, a FeatureView for tabular rows."""
     if dataset.kind == "image":
         return AttackTarget(model, x, 1.0, "pixel units in [0, 1]")
-    mask = torch.ones_like(dataset.perturbable) if perturb_categorical else dataset.perturbable
-    index = torch.nonzero(mask).squeeze(1).to(x.device)
-    if len(index) == 0:
-        raise AuditError("no feature can be perturbed: the data has no numeric columns (pass --perturb-categorical)")
+    index = _check_perturbable(dataset, perturb_categorical=perturb_categorical).to(x.device)
     view = FeatureView(model, index, dataset.lower.to(x.device), dataset.upper.to(x.device), x).to(x.device)
     return AttackTarget(view, view.to_view(x), view.scale, "standard deviations of each numeric feature (training split)")
 
@@ -312,6 +319,9 @@ def _eps_list(config: RunConfig, dataset: Dataset) -> list[float]:
 @hookimpl
 def audit_prepare_training(setup: TrainingSetup) -> None:
     config = setup.config
+    if config.option("robustness") is None:
+        return
+    _check_perturbable(setup.dataset, perturb_categorical=config.option("perturb_categorical", False))  # before any training time
     if config.option("robustness") != "adv-train":
         return
     eps_list = _eps_list(config, setup.dataset)

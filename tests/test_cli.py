@@ -126,6 +126,7 @@ def test_plugins_lists_the_builtins(cli):
     (["train", "--config", "{wrongtype}"], "argument --epochs: invalid int value: 'ten' (from config file"),
     (["train", "--eps", "0.1", "--pgd-steps", "3"], "--eps, --pgd-steps only apply with --robustness"),
     (["evaluate", "--model", "{csvmodel}", "--data", "{csv}", "--sensitive", "sex", "--fairness", "reweight"], "--fairness reweight trains a model"),
+    (["train", "--data", "{catonly}", "--target", "defaulted", "--robustness"], "--robustness: no feature can be perturbed"),
     (["train", "--momentum", "0.5"], "--momentum only applies with --optimizer sgd or rmsprop"),
     (["train", "--gamma", "0.3"], "--gamma only applies with --schedule step"),
     (["train", "--schedule", "cosine", "--epochs", "2", "--warmup-epochs", "2"], "--warmup-epochs must be in [0, --epochs)"),
@@ -154,6 +155,8 @@ def test_bad_input_is_one_line_and_exit_2(cli, tmp_path, loans_csv, args, expect
     paths["csvmodel"] = tmp_path / "csvrun" / "model.pt"
     if "{csvmodel}" in args:
         assert cli("train", "--data", loans_csv, "--target", "defaulted", "--epochs", "1", "--out", paths["csvmodel"].parent, "-q").code == 0
+    paths["catonly"] = tmp_path / "catonly.csv"
+    make_loans(200).drop(columns=["income", "age"]).to_csv(paths["catonly"], index=False)
     paths["wrongtype"] = tmp_path / "wrong.yaml"
     paths["wrongtype"].write_text("epochs: ten\n")
     out = tmp_path / "out"
