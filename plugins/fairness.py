@@ -1,16 +1,12 @@
-"""Fairness plugin: group metrics with bootstrap intervals, Kamiran-Calders reweighing,
-ThresholdOptimizer post-processing, and ``audit decisions`` for decisions made elsewhere."""
+"""Fairness plugin: group metrics with bootstrap intervals, Kamiran-Calders reweighing, ThresholdOptimizer
+post-processing (the section itself is built by ``fairness_sections``; ``audit decisions`` lives in ``decisions``)."""
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
 import logging
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 
@@ -18,13 +14,14 @@ from audit import AuditError, hookimpl
 from audit.config import CliOption, Command, RunConfig
 from audit.engine import DataUse, TrainingSetup
 from audit.evaluation import EvalContext
-from audit.report import Figure, MetricSpec, Section, Series, Table, metric_segment
-from audit_plugins.fairness_metrics import RATES, SUMMARIES, GroupAudit, audit_groups, cell_counts, reweighing_weights
+from audit.report import MetricSpec, Section, Table
+from audit_plugins.decisions import decisions_arguments, run_decisions
+from audit_plugins.fairness_metrics import SUMMARIES, cell_counts, reweighing_weights
+from audit_plugins.fairness_sections import (BOOTSTRAP, INTERSECTION, MIN_GROUP_SIZE, fairness_section, group_accuracy_section,
+                                             group_labels)
 
 log = logging.getLogger(__name__)
 TAGS = ("EU AI Act Art. 10(2)(f)", "EU AI Act Art. 10(5)", "NIST AI RMF MEASURE 2.11")
-INTERSECTION = "&"
-MIN_GROUP_SIZE, BOOTSTRAP = 30, 1000
 SENSITIVE_ONLY_FLAGS = {"--postprocess": "postprocess", "--min-group-size": "min_group_size",
                         "--fairness-bootstrap": "fairness_bootstrap", "--fairness-baseline": "fairness_baseline"}
 
@@ -76,17 +73,13 @@ def audit_configure(config: RunConfig) -> None:
         raise AuditError("--fairness-bootstrap must be 0 or more")
 
 
-def _intersection(groups: pd.DataFrame, columns: list[str]) -> np.ndarray:
-    return groups[columns].astype(str).agg(INTERSECTION.join, axis=1).to_numpy() if len(groups) else np.array([], dtype=str)
-
-
 @hookimpl
 def audit_prepare_training(setup: TrainingSetup) -> None:
     config = setup.config
     if config.option("fairness") != "reweight":
         return
     data = setup.dataset
-    groups = _intersection(data.train.groups, data.sensitive)
+    groups = group_labels(data.train.groups, data.sensitive)
     y = data.train.y.numpy()
     names, counts = cell_counts(y, groups)
     epsilon = config.option("reweight_epsilon")
@@ -106,115 +99,6 @@ def audit_prepare_training(setup: TrainingSetup) -> None:
 def audit_checkpoint_metadata(setup: TrainingSetup) -> dict[str, Any] | None:
     info = setup.artifacts.get("fairness")
     return {"fairness": info} if info else None
-
-
-def _features(sensitive: list[str]) -> list[tuple[str, list[str]]]:
-    features = [(name, [name]) for name in sensitive]
-    if len(sensitive) > 1:
-        features.append((INTERSECTION.join(sensitive), list(sensitive)))
-    return features
-
-
-def _small_groups_warning(feature: str, sizes: dict[Any, int], min_group_size: int) -> str | None:
-    """One warning per feature naming its groups with fewer than ``min_group_size`` audited rows (smallest first)."""
-    small = sorted((size, str(group)) for group, size in sizes.items() if size < min_group_size)
-    if not small:
-        return None
-    shown = ", ".join(f"'{group}' ({size})" for size, group in small[:8]) + (f" and {len(small) - 8} more" if len(small) > 8 else "")
-    return (f"{feature}: {len(small)} group(s) have fewer than {min_group_size} audited rows, so their figures say little: "
-            f"{shown}")
-
-
-def _one_group_warning(feature: str, groups: Any, rows: int) -> str:
-    # A gap over one group is 0 by arithmetic, not by fairness: the summaries are left out, so a gate on them fails closed.
-    only = groups[0] if len(groups) else "-"
-    return f"{feature}: only one group ('{only}') among the {rows} audited rows, so its fairness metrics compare nothing and are left out"
-
-
-def group_accuracy_section(y_true: np.ndarray, y_pred: np.ndarray, groups: pd.DataFrame, sensitive: list[str], *,
-                           num_classes: int, min_group_size: int) -> Section:
-    """The fairness section for a multiclass target: accuracy per group (exact 95% intervals), the worst group, the gap."""
-    section = Section("fairness", "Fairness")
-    section.notes.append(f"selection, TPR and FPR gaps need a binary target; this target has {num_classes} classes, so the "
-                         "section compares accuracy across groups (exact Clopper-Pearson 95% intervals)")
-    correct = y_true == y_pred
-    for feature, columns in _features(sensitive):
-        labels = _intersection(groups, columns)
-        names = sorted(set(labels))
-        if len(names) < 2:
-            section.warnings.append(_one_group_warning(feature, names, len(y_true)))
-            continue
-        prefix, rows, counts = metric_segment(feature), [], []
-        for group in names:
-            sel = labels == group
-            hits, size = int(correct[sel].sum()), int(sel.sum())
-            segment = f"{prefix}.group.{metric_segment(group)}"
-            section.add_metric(f"{segment}.size", size)
-            accuracy = section.add_proportion(f"{segment}.accuracy", hits, size)
-            rows.append([group, size, accuracy, section.metrics[f"fairness.{segment}.accuracy.ci_low"],
-                         section.metrics[f"fairness.{segment}.accuracy.ci_high"]])
-            counts.append((accuracy, hits, size))
-        small = _small_groups_warning(feature, {row[0]: row[1] for row in rows}, min_group_size)
-        section.warnings += [small] if small else []
-        worst = min(counts)
-        section.add_proportion(f"{prefix}.worst_group_accuracy", worst[1], worst[2])
-        section.add_metric(f"{prefix}.accuracy_difference", max(counts)[0] - worst[0])
-        section.tables.append(Table(f"{feature}: accuracy per group", ["group", "size", "accuracy", "95% low", "95% high"], rows))
-    return section
-
-
-def fairness_section(y_true: np.ndarray, y_pred: np.ndarray, groups: pd.DataFrame, sensitive: list[str], *,
-                     n_boot: int, seed: int, min_group_size: int) -> tuple[Section, dict[str, GroupAudit]]:
-    """The fairness section for binary labels (1 = positive) and the sensitive features of the same rows."""
-    section = Section("fairness", "Fairness")
-    audits: dict[str, GroupAudit] = {}
-    for feature, columns in _features(sensitive):
-        audit = audit_groups(y_true, y_pred, _intersection(groups, columns), n_boot=n_boot, seed=seed)
-        audits[feature] = audit
-        prefix = metric_segment(feature)
-        comparable = len(audit.groups) >= 2
-        if not comparable:
-            section.warnings.append(_one_group_warning(feature, audit.groups, len(y_true)))
-        for name in SUMMARIES if comparable else ():
-            section.add_metric(f"{prefix}.{name}", audit.summaries[name])
-            if name in audit.summary_ci:
-                section.add_metric(f"{prefix}.{name}.ci_low", audit.summary_ci[name][0])
-                section.add_metric(f"{prefix}.{name}.ci_high", audit.summary_ci[name][1])
-        rows = []
-        for i, group in enumerate(audit.groups):
-            segment = f"{prefix}.group.{metric_segment(group)}"
-            section.add_metric(f"{segment}.size", int(audit.rates["size"][i]))
-            row: list[Any] = [group, int(audit.rates["size"][i])]
-            for rate in RATES:
-                value = float(audit.rates[rate][i])
-                section.add_metric(f"{segment}.{rate}", value)
-                if rate in audit.rate_ci:
-                    lo, hi = float(audit.rate_ci[rate][0][i]), float(audit.rate_ci[rate][1][i])
-                    section.add_metric(f"{segment}.{rate}.ci_low", lo)
-                    section.add_metric(f"{segment}.{rate}.ci_high", hi)
-                    row.append(f"{value:.3f} [{lo:.3f}, {hi:.3f}]" if np.isfinite(value) else "—")
-                else:
-                    row.append(round(value, 4) if np.isfinite(value) else None)
-            rows.append(row)
-        small = _small_groups_warning(feature, {g: int(n) for g, n in zip(audit.groups, audit.rates["size"])}, min_group_size)
-        section.warnings += [small] if small else []
-        section.tables.append(Table(f"{feature}: per-group rates (95% bootstrap interval)", ["group", "size", *RATES], rows))
-        if comparable:
-            section.tables.append(Table(f"{feature}: summaries", ["metric", "value", "95% low", "95% high"],
-                                        [[n, audit.summaries[n], *audit.summary_ci.get(n, (None, None))] for n in SUMMARIES]))
-        bars = []
-        for rate in ("selection_rate", "tpr", "fpr"):
-            lo_hi = audit.rate_ci.get(rate)
-            bars.append(Series(rate, list(audit.groups), [_f(v) for v in audit.rates[rate]],
-                               [_f(v) for v in lo_hi[0]] if lo_hi else None, [_f(v) for v in lo_hi[1]] if lo_hi else None))
-        section.figures.append(Figure(f"{feature}: rates per group (95% intervals)", "bar", feature, "rate", bars))
-    section.notes.append(f"intervals: percentile bootstrap, {n_boot} multinomial resamples of the per-group confusion counts "
-                         f"(equivalent to resampling rows), seed {seed}; definitions follow Fairlearn's")
-    return section, audits
-
-
-def _f(value: float) -> float | None:
-    return float(value) if np.isfinite(value) else None
 
 
 class _TorchScorer(ClassifierMixin, BaseEstimator):
@@ -254,11 +138,11 @@ def _postprocess(ctx: EvalContext, constraint: str, section: Section, y_true: np
     optimizer = ThresholdOptimizer(estimator=scorer, constraints=constraint, prefit=True, predict_method="predict_proba")
     try:
         optimizer.fit(flat(data.val.x), (data.val.y.numpy() == data.positive_index).astype(int),
-                      sensitive_features=_intersection(data.val.groups, columns))
+                      sensitive_features=group_labels(data.val.groups, columns))
     except ValueError as exc:
         section.warnings.append(f"ThresholdOptimizer could not be fitted on {columns[0]}: {exc}")
         return
-    y_post = optimizer.predict(flat(data.test.x), sensitive_features=_intersection(data.test.groups, columns),
+    y_post = optimizer.predict(flat(data.test.x), sensitive_features=group_labels(data.test.groups, columns),
                                random_state=ctx.seed)
     post, _ = fairness_section(y_true, np.asarray(y_post), data.test.groups, columns, n_boot=0, seed=ctx.seed,
                                min_group_size=0)
@@ -344,92 +228,7 @@ def audit_metric_specs() -> list[MetricSpec]:
     ]
 
 
-# --- audit decisions ----------------------------------------------------------------------
-
-
-def _decisions_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, help="CSV or Parquet of recorded outcomes and decisions")
-    parser.add_argument("--y-true", required=True, help="column of true outcomes")
-    parser.add_argument("--y-pred", required=True, help="column of the decisions made")
-    parser.add_argument("--score", help="column of scores (for ROC AUC)")
-    parser.add_argument("--sensitive", required=True, help="comma-separated sensitive columns")
-    parser.add_argument("--positive-label", help="the favourable value in y-true and y-pred [1, or the second sorted value]")
-    parser.add_argument("--bootstrap", type=int, default=BOOTSTRAP, help=f"bootstrap resamples [{BOOTSTRAP}]")
-    parser.add_argument("--min-group-size", type=int, default=MIN_GROUP_SIZE, help=f"warn about groups smaller than this [{MIN_GROUP_SIZE}]")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="runs/decisions", help="output folder [runs/decisions]")
-    parser.add_argument("--policy", help="gate the report against this policy (exit 1 on failure)")
-
-
-def _binary(column: pd.Series, positive: str, name: str, path: str) -> np.ndarray:
-    if column.isna().any():
-        raise AuditError(f"column {name!r} in {path} has {int(column.isna().sum())} missing value(s); expected every row filled")
-    values = column.astype(str).str.strip()
-    if values.nunique() > 2:
-        raise AuditError(f"column {name!r} in {path} has {values.nunique()} distinct values; expected two (binary decisions)")
-    return (values == positive).to_numpy().astype(np.int64)
-
-
-def run_decisions(args: argparse.Namespace) -> int:
-    """Audit decisions another system made: the same fairness section, no model."""
-    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
-
-    from audit.data import check_sensitive, group_frame, sensitive_bins, read_table
-    from audit.report import Report
-    from audit.plugins import get_plugin_manager
-    from audit.runner import finalize_report, package_versions, write_outputs
-
-    if args.bootstrap < 0:
-        raise AuditError(f"--bootstrap must be 0 or more, got {args.bootstrap}")
-    if args.min_group_size < 1:
-        raise AuditError(f"--min-group-size must be at least 1, got {args.min_group_size}")
-    frame, digest = read_table(args.data)
-    sensitive = [c.strip() for c in args.sensitive.split(",") if c.strip()]
-    for col in [args.y_true, args.y_pred] + ([args.score] if args.score else []):
-        if col not in frame.columns:
-            raise AuditError(f"{args.data} has no column {col!r}; columns are: {', '.join(map(str, frame.columns))}")
-    check_sensitive(frame, sensitive, args.data)
-    observed = sorted(set(frame[args.y_true].dropna().astype(str).str.strip()))
-    positive = args.positive_label or ("1" if set(observed) <= {"0", "1"} else observed[-1])
-    if positive not in observed:
-        raise AuditError(f"--positive-label {positive!r} is not a value of {args.y_true!r}; expected one of {observed}")
-    y_true = _binary(frame[args.y_true], positive, args.y_true, args.data)
-    y_pred = _binary(frame[args.y_pred], positive, args.y_pred, args.data)
-    groups = group_frame(frame, sensitive, sensitive_bins(frame, sensitive))
-    report = Report(run={"name": Path(args.out).name, "command": "decisions", "command_line": " ".join(["audit", "decisions", *_argv(args)]),
-                         "seed": args.seed, "device": "none", "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                         "versions": package_versions(),
-                         "data": {"name": Path(args.data).stem, "source": args.data, "sha256": digest, "rows": len(frame), "target": args.y_true,
-                                  "positive_label": positive, "sensitive": sensitive}})
-    perf = Section("performance", "Performance of the recorded decisions")
-    perf.add_proportion("accuracy", int((y_true == y_pred).sum()), len(y_true))
-    perf.add_metric("balanced_accuracy", float(balanced_accuracy_score(y_true, y_pred)))
-    perf.add_metric("selection_rate", float(y_pred.mean()))
-    perf.add_metric("test_rows", len(y_true))
-    if args.score:
-        scores = pd.to_numeric(frame[args.score], errors="coerce")
-        if scores.isna().any():
-            raise AuditError(f"score column {args.score!r} has missing or non-numeric values")
-        perf.add_metric("roc_auc", float(roc_auc_score(y_true, scores)))
-    report.add_section(perf)
-    section, _ = fairness_section(y_true, y_pred, groups, sensitive, n_boot=args.bootstrap, seed=args.seed,
-                                  min_group_size=args.min_group_size)
-    report.add_section(section)
-    finalize_report(report, pm=get_plugin_manager(), policy=args.policy)
-    data = write_outputs(Path(args.out), report, None)
-    for key in ("performance.accuracy", "performance.selection_rate"):
-        print(f"  {key:<52} {data['metrics'][key]:.4g}")
-    for key in [k for k in data["metrics"] if k.endswith(".demographic_parity_difference")]:
-        print(f"  {key:<52} {data['metrics'][key]:.4g}")
-    print(f"report: {Path(args.out) / 'report.html'}")
-    return 1 if data["metrics"].get("gate.passed") == 0 else 0
-
-
-def _argv(args: argparse.Namespace) -> list[str]:
-    return [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("cmd", "verbose") and v not in (None, False)]
-
-
 @hookimpl
 def audit_commands() -> list[Command]:
     return [Command("decisions", "audit the fairness of decisions another system already made (no model)",
-                    _decisions_arguments, run_decisions)]
+                    decisions_arguments, run_decisions)]
