@@ -12,7 +12,8 @@ from audit.data import load_dataset
 from audit.engine import attach_scheduler, train
 from audit.models import model_spec
 from audit.runner import build_setup, seed_everything
-from audit_plugins.robustness import DEFAULT_EPS, attack_target, clean_pass, independent, sweep
+from audit_plugins.robustness import DEFAULT_EPS
+from audit_plugins.robustness_attacks import attack_target, clean_pass, independent, sweep
 
 CASES = {
     # name: (config, model spec overrides, rows attacked)

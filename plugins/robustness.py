@@ -1,11 +1,10 @@
-"""Robustness plugin: FGSM and PGD (L-inf, L2) through torchattacks, cascaded epsilon sweeps,
-per-group robust accuracy, gradient-masking checks, and PGD adversarial training."""
+"""Robustness plugin: FGSM and PGD (L-inf, L2) through torchattacks, cascaded epsilon sweeps, per-group robust
+accuracy, gradient-masking checks, and PGD adversarial training (the attack machinery is in ``robustness_attacks``)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,13 +17,14 @@ from audit.data import Dataset
 from audit.engine import TrainingSetup, progress_bar
 from audit.evaluation import EvalContext
 from audit.report import Figure, MetricSpec, Section, Series, Table, metric_segment
+from audit_plugins.robustness_attacks import (AttackTarget, FeatureView, attack_target, check_perturbable, clean_pass, correct_mask,
+                                              independent, make_attack, sweep)
 
 log = logging.getLogger(__name__)
 ATTACKS = ("fgsm", "pgd", "pgd-l2")
 TAGS = ("EU AI Act Art. 15", "NIST AI RMF MEASURE 2.7")
 DEFAULT_EPS = {"tabular": [0.05, 0.1, 0.25, 0.5, 1.0], "image": [0.02, 0.05, 0.1, 0.2, 0.3]}
 TOLERANCE = 0.01  # robust-accuracy slack for the sanity checks (sampling noise of the subset)
-COMPACT_SHARE = 32  # a PGD batch drops its fooled rows once they are 1/32 of it
 
 
 def _floats(value: str) -> list[float]:
@@ -95,212 +95,6 @@ def audit_configure(config: RunConfig) -> None:
             raise AuditError("--robustness adv-train trains a model; use 'audit train'")
 
 
-class FeatureView(nn.Module):
-    """Maps an attack's [0, 1] view (N, 1, 1, k) of the perturbable features back to the model's input.
-
-    torchattacks clamps every example to [0, 1] and takes one scalar epsilon, so each perturbable
-    feature j is exposed as u_j = (x_j - lower_j) / scale with one common ``scale``: an epsilon of
-    e / scale in the view is exactly e in the model's (standardised) units for every feature. Values
-    stay within the training range: u >= 0 gives x >= lower, and the forward pass clamps x <= upper.
-    The other columns (one-hot categories) come from ``fixed``, the rows of ``fixed_all`` the attack is
-    about (torchattacks calls ``module(x)`` with nothing else, so the view must hold them).
-    """
-
-    def __init__(self, model: nn.Module, index: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, rows: torch.Tensor) -> None:
-        super().__init__()
-        self.model = model
-        self.register_buffer("index", index)
-        self.register_buffer("lower", lower[index])
-        self.register_buffer("upper", upper[index])
-        self.scale = float((self.upper - self.lower).max().clamp_min(1e-6))
-        self.fixed_all = rows
-        self.fixed = rows
-
-    def to_view(self, x: torch.Tensor) -> torch.Tensor:
-        """The [0, 1] view of rows ``x`` (the model's input), shaped (N, 1, 1, k)."""
-        u = (x[:, self.index] - self.lower) / self.scale
-        return u.clamp(0, 1)[:, None, None, :]
-
-    def to_input(self, view: torch.Tensor) -> torch.Tensor:
-        """The model input for a view of the rows in ``self.fixed``."""
-        values = torch.minimum(self.lower + self.scale * view.flatten(1), self.upper)
-        return self.fixed.index_copy(1, self.index, values)
-
-    def forward(self, view: torch.Tensor) -> torch.Tensor:
-        return self.model(self.to_input(view))
-
-
-@dataclass
-class AttackTarget:
-    """What an attack runs on: a module over [0, 1] inputs, those inputs, and how epsilon maps into them."""
-
-    module: nn.Module
-    inputs: torch.Tensor
-    eps_scale: float  # view epsilon = model-space epsilon / eps_scale
-    unit: str
-
-    def select(self, rows: torch.Tensor) -> torch.Tensor:
-        """The view inputs of ``rows`` (and point the feature view at their fixed columns)."""
-        self.point_at(rows)
-        return self.inputs[rows]
-
-    def point_at(self, rows: torch.Tensor) -> None:
-        """Make the next forward passes be about ``rows`` (a feature view needs their fixed columns)."""
-        if isinstance(self.module, FeatureView):
-            self.module.fixed = self.module.fixed_all[rows]
-
-
-def _check_perturbable(dataset: Dataset, *, perturb_categorical: bool) -> torch.Tensor:
-    """Indices of the input columns an attack may move; refuse data with none."""
-    mask = torch.ones_like(dataset.perturbable) if perturb_categorical else dataset.perturbable
-    index = torch.nonzero(mask).squeeze(1)
-    if len(index) == 0:
-        raise AuditError("--robustness: no feature can be perturbed, the data has no numeric columns; "
-                         "expected at least one, or pass --perturb-categorical to move one-hot columns as continuous values")
-    return index
-
-
-def attack_target(model: nn.Module, dataset: Dataset, x: torch.Tensor, *, perturb_categorical: bool) -> AttackTarget:
-    """Build the [0, 1] attack view for this data: identity for images, a FeatureView for tabular rows."""
-    if dataset.kind == "image":
-        return AttackTarget(model, x, 1.0, "pixel units in [0, 1]")
-    index = _check_perturbable(dataset, perturb_categorical=perturb_categorical).to(x.device)
-    view = FeatureView(model, index, dataset.lower.to(x.device), dataset.upper.to(x.device), x).to(x.device)
-    return AttackTarget(view, view.to_view(x), view.scale, "standard deviations of each numeric feature (training split)")
-
-
-def make_attack(name: str, module: nn.Module, eps: float, *, steps: int, alpha: float, random_start: bool) -> Any:
-    """A torchattacks attack on ``module`` with epsilon already in its [0, 1] input units."""
-    import torchattacks
-
-    if name == "fgsm":
-        return torchattacks.FGSM(module, eps=eps)
-    if name == "pgd":
-        return torchattacks.PGD(module, eps=eps, alpha=alpha * eps, steps=steps, random_start=random_start)
-    return torchattacks.PGDL2(module, eps=eps, alpha=alpha * eps, steps=steps, random_start=random_start)
-
-
-@torch.no_grad()
-def _correct(module: nn.Module, inputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return module(inputs).argmax(1) == y
-
-
-def clean_pass(target: AttackTarget, y: torch.Tensor, *, with_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One forward pass on the clean rows: the correct mask and, if asked, torchattacks' loss gradient there."""
-    target.point_at(torch.arange(len(y), device=y.device))
-    point = target.inputs.detach().requires_grad_(with_grad)
-    with torch.set_grad_enabled(with_grad):
-        logits = target.module(point)
-    correct = logits.argmax(1) == y
-    if not with_grad:
-        return correct, None
-    return correct, torch.autograd.grad(nn.functional.cross_entropy(logits, y), point)[0]
-
-
-def random_start_delta(attack: str, inputs: torch.Tensor, eps: float, *, seed: int) -> torch.Tensor:
-    """The random start torchattacks' PGD / PGD-L2 draws for ``inputs`` when seeded with ``seed`` just before.
-
-    Drawn for every row, as the independent run draws it, so each row starts where it would have started
-    there, whichever rows the sweep still attacks.
-    """
-    torch.manual_seed(seed)
-    if attack == "pgd-l2":
-        delta = torch.empty_like(inputs).normal_()
-        norms = delta.view(len(inputs), -1).norm(p=2, dim=1).view((-1,) + (1,) * (inputs.dim() - 1))
-        return delta * (torch.zeros_like(norms).uniform_(0, 1) / norms * eps)
-    return torch.empty_like(inputs).uniform_(-eps, eps)
-
-
-def retiring_pgd(attack: str, target: AttackTarget, rows: torch.Tensor, y: torch.Tensor, eps: float, *, steps: int,
-                 alpha: float, start: torch.Tensor | None, clean_grad: torch.Tensor | None) -> torch.Tensor:
-    """torchattacks' PGD / PGD-L2 on ``rows`` (all correct when clean), retiring each row once it is misclassified.
-
-    Same update as ``torchattacks.PGD.forward`` / ``PGDL2.forward``: cross-entropy, a step of ``alpha * eps``
-    along the gradient's sign (L2: its normalised direction), projection onto the ball, clamp to [0, 1].
-    A row's step depends only on its own point, so dropping fooled rows from the batch changes no other
-    row's path; a fooled row keeps the adversarial point it found (a fresh attack could wander back to
-    a correct point by its last step, so this never reports more robustness than the fresh attack).
-    ``start`` is the random start of these rows (see ``random_start_delta``); without one, ``clean_grad``
-    is the gradient at the clean rows, shared by every epsilon's first step. Returns the fooled mask over ``rows``.
-    """
-    shape = (-1,) + (1,) * (target.inputs.dim() - 1)
-    images, labels = target.inputs[rows].detach(), y[rows]
-    fooled = torch.zeros(len(rows), dtype=torch.bool, device=y.device)
-    active = torch.arange(len(rows), device=y.device)  # positions in ``rows`` still standing; the tensors are compacted
-    if start is not None:
-        adv, grad = torch.clamp(images + start, 0, 1), None
-    else:
-        adv, grad = images.clone(), clean_grad[rows]
-    target.point_at(rows)
-    fallen = torch.zeros(len(rows), dtype=torch.bool, device=y.device)  # fooled, still in the batch until the next compaction
-    for step in range(steps + 1):
-        if grad is None:
-            point = adv.requires_grad_(step < steps)
-            with torch.set_grad_enabled(step < steps):
-                logits = target.module(point)
-            wrong = logits.argmax(1) != labels
-            fooled[active[wrong]] = True
-            fallen |= wrong
-            if step == steps or bool(fallen.all()):
-                break
-            # Dropping fallen rows gathers every batch tensor; on a small model that costs more than stepping a
-            # few rows further, so they go once they are a fair share of the batch.
-            if int(fallen.sum()) * COMPACT_SHARE >= len(fallen):
-                keep = ~fallen
-                grad = torch.autograd.grad(nn.functional.cross_entropy(logits[keep], labels[keep]), point)[0][keep]
-                active, images, labels, adv, fallen = active[keep], images[keep], labels[keep], adv[keep], fallen[keep]
-                target.point_at(rows[active])
-            else:
-                grad = torch.autograd.grad(nn.functional.cross_entropy(logits, labels), point)[0]
-        adv = adv.detach()
-        if attack == "pgd-l2":
-            grad = grad / (grad.flatten(1).norm(dim=1) + 1e-10).view(shape)  # torchattacks' eps_for_division
-            delta = adv + alpha * eps * grad - images
-            delta = delta * torch.clamp(eps / delta.flatten(1).norm(dim=1), max=1.0).view(shape)
-        else:
-            delta = torch.clamp(adv + alpha * eps * grad.sign() - images, -eps, eps)
-        adv, grad = torch.clamp(images + delta, 0, 1), None
-    target.point_at(torch.arange(len(y), device=y.device))
-    return fooled
-
-
-def sweep(target: AttackTarget, y: torch.Tensor, attack: str, eps_list: list[float], *, steps: int, alpha: float,
-          random_start: bool, seed: int, clean: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[float, torch.Tensor]:
-    """PGD / PGD-L2 robust-correct mask per epsilon, cascading: a row wrong at a smaller epsilon is wrong at every
-    larger one, so each epsilon attacks only the rows still standing, and rows retire as they fall. ``clean`` is a
-    ``clean_pass(..., with_grad=True)`` already made on these rows. Returns {eps: mask}.
-
-    (FGSM is not swept: its raw, uncascaded curve is what reveals gradient masking; see ``independent``.)
-    """
-    if attack not in ("pgd", "pgd-l2"):
-        raise ValueError(f"sweep runs pgd or pgd-l2, not {attack!r}")
-    alive, clean_grad = clean or clean_pass(target, y, with_grad=not random_start)
-    alive = alive.clone()
-    masks = {}
-    for eps in sorted(eps_list):
-        idx = torch.nonzero(alive).squeeze(1)
-        if len(idx):
-            view_eps = eps / target.eps_scale
-            start = random_start_delta(attack, target.inputs, view_eps, seed=seed)[idx] if random_start else None
-            fooled = retiring_pgd(attack, target, idx, y, view_eps, steps=steps, alpha=alpha, start=start, clean_grad=clean_grad)
-            alive[idx[fooled]] = False
-        masks[eps] = alive.clone()
-    return masks
-
-
-def independent(target: AttackTarget, y: torch.Tensor, attack: str, eps_list: list[float], *, steps: int, alpha: float,
-                random_start: bool, seed: int) -> dict[float, torch.Tensor]:
-    """Robust-correct mask per epsilon with a fresh attack on every row at every epsilon (the usual way)."""
-    rows = torch.arange(len(y), device=y.device)
-    masks = {}
-    for eps in sorted(eps_list):
-        torch.manual_seed(seed)
-        inputs = target.select(rows)
-        adv = make_attack(attack, target.module, eps / target.eps_scale, steps=steps, alpha=alpha, random_start=random_start)(inputs, y)
-        masks[eps] = _correct(target.module, adv, y)
-    return masks
-
-
 def eps_segment(eps: float) -> str:
     """An epsilon as one dotted segment of a metric name: 0.1 -> eps_0p1."""
     return "eps_" + f"{eps:g}".replace("-", "m").replace(".", "p").replace("+", "")
@@ -321,7 +115,7 @@ def audit_prepare_training(setup: TrainingSetup) -> None:
     config = setup.config
     if config.option("robustness") is None:
         return
-    _check_perturbable(setup.dataset, perturb_categorical=config.option("perturb_categorical", False))  # before any training time
+    check_perturbable(setup.dataset, perturb_categorical=config.option("perturb_categorical", False))  # before any training time
     if config.option("robustness") != "adv-train":
         return
     eps_list = _eps_list(config, setup.dataset)
@@ -446,7 +240,7 @@ def _sanity_checks(ctx: EvalContext, section: Section, target: AttackTarget, y: 
     chance = float(torch.bincount(ctx.dataset.train.y if len(ctx.dataset.train) else ctx.test_y).max()) / max(len(ctx.dataset.train) or len(ctx.test_y), 1)
     subset = torch.arange(min(len(y), 200), device=y.device)
     huge = make_attack("pgd", target.module, 1.0, steps=steps, alpha=alpha, random_start=False)(target.select(subset), y[subset])
-    huge_acc = float(_correct(target.module, huge, y[subset]).float().mean())
+    huge_acc = float(correct_mask(target.module, huge, y[subset]).float().mean())
     section.add_metric("unbounded_pgd_accuracy", huge_acc)
     near = huge_acc <= chance + 0.1
     checks.append([f"unbounded PGD drives accuracy to chance ({chance:.2f}) or below: {huge_acc:.3f}", "pass" if near else "fail"])
