@@ -208,9 +208,10 @@ def _groups(ctx: EvalContext, section: Section, rows: torch.Tensor, masks: dict[
     eps_ref = eps_list[len(eps_list) // 2]
     robust = masks[strongest][eps_ref].cpu().numpy()
     clean = clean_mask.cpu().numpy()
-    table, worst = [], (2.0, 0, 0)  # (accuracy, robust rows, rows) of the worst group
+    table, curves, worst = [], [], (2.0, 0, 0)  # worst: (accuracy, robust rows, rows) of the worst group
     for feature in ctx.dataset.sensitive:
         groups = ctx.dataset.test.groups[feature].to_numpy()[rows.numpy()]
+        series = []
         for group in sorted(set(groups)):
             sel = groups == group
             hits, size = int(robust[sel].sum()), int(sel.sum())
@@ -218,8 +219,14 @@ def _groups(ctx: EvalContext, section: Section, rows: torch.Tensor, masks: dict[
             worst = min(worst, (acc, hits, size))
             clean_acc = float(clean[sel].mean())
             table.append([feature, group, size, clean_acc, acc, clean_acc - acc])
+            # every attack and epsilon per group: who loses most, and from which epsilon on
+            by_eps = {a: [float(m[e].cpu().numpy()[sel].mean()) for e in eps_list] for a, m in masks.items()}
+            curves += [[feature, group, size, a, *accs] for a, accs in by_eps.items()]
+            series.append(Series(str(group), [0.0] + eps_list, [clean_acc] + by_eps[strongest]))
+        section.figures.append(Figure(f"{strongest} accuracy under attack per {feature} group", "line", "epsilon", "accuracy", series))
     section.add_proportion("worst_group_robust_accuracy", worst[1], worst[2])
     section.tables.append(Table(f"Per group: {strongest} at epsilon {eps_ref:g}", ["feature", "group", "rows", "clean accuracy", "robust accuracy", "loss"], table))
+    section.tables.append(Table("Per group: robust accuracy by attack and epsilon", ["feature", "group", "rows", "attack", *map(str, eps_list)], curves))
     section.notes.append(f"worst_group_robust_accuracy: the lowest group robust accuracy under {strongest} at epsilon {eps_ref:g} (the middle epsilon)")
 
 

@@ -50,5 +50,11 @@ def test_tabular_robustness_with_groups_through_cli(cli, tmp_path):
     assert m["robustness.worst_group_robust_accuracy"] == groups[worst]
     # the worst group's own interval: fewer rows than the whole subset, so wider than the overall one
     assert m["robustness.worst_group_robust_accuracy.ci_low"] == m[f"robustness.sex.{worst}.robust_accuracy.ci_low"]
+    section = next(s for s in read_report(out)["sections"] if s["name"] == "robustness")
+    curves = next(t for t in section["tables"] if t["title"] == "Per group: robust accuracy by attack and epsilon")
+    assert {(r[1], r[3]) for r in curves["rows"]} == {(g, a) for g in ("Female", "Male") for a in ("fgsm", "pgd")}
+    female_pgd = next(r for r in curves["rows"] if r[1] == "Female" and r[3] == "pgd")
+    assert female_pgd[4 + curves["columns"][4:].index("0.25")] == pytest.approx(groups["Female"])
+    assert any(f["title"] == "pgd accuracy under attack per sex group" for f in section["figures"])
     width = m["robustness.sex.Female.robust_accuracy.ci_high"] - m["robustness.sex.Female.robust_accuracy.ci_low"]
     assert width > m["robustness.pgd.eps_0p25.robust_accuracy.ci_high"] - m["robustness.pgd.eps_0p25.robust_accuracy.ci_low"]
