@@ -14,10 +14,9 @@ from typing import Any, Iterable
 
 import pluggy
 
-from audit.report import MetricSpec, Report, Section, Table
+from audit.report import MetricSpec, Report, Section, Table, interval_base
 
 SECTION = "compliance"
-_INTERVAL_SUFFIXES = (".ci_low", ".ci_high")
 
 
 @dataclass(frozen=True)
@@ -77,7 +76,7 @@ def evidence_from_specs(metrics: dict[str, Any], specs: list[MetricSpec]) -> lis
     """(clause, metric, kind) rows: every point metric of the report under every clause its spec is tagged with."""
     pairs = []
     for name in metrics:
-        if name.endswith(_INTERVAL_SUFFIXES):
+        if interval_base(name) is not None:
             continue
         spec = spec_for(name, specs)
         if spec is None:
@@ -110,7 +109,7 @@ def compliance_section(metrics: dict[str, Any], evidence: list[tuple[str, str, s
         col = {name: i for i, name in enumerate(gate_table.columns)}
         for row in gate_table.rows:
             metric = row[col["metric"]]
-            base = next((metric[: -len(s)] for s in _INTERVAL_SUFFIXES if metric.endswith(s)), metric)
+            base = interval_base(metric) or metric
             verdicts.setdefault(base, []).append((row[col["rule"]], row[col["verdict"]]))
     known = {c.id for c in CLAUSES}
     declared = [c for c in dict.fromkeys(tag for tag, _, _ in evidence) if c not in known]

@@ -92,6 +92,12 @@ class RunConfig:
         """Return a plugin option by its ``dest`` name."""
         return self.options.get(name, default)
 
+    def default_options(self, defaults: dict[str, Any]) -> None:
+        """Give each plugin option ({dest: value}) its default where the user left it unset."""
+        for dest, value in defaults.items():
+            if self.options.get(dest) is None:
+                self.options[dest] = value
+
     def refuse_without(self, switch: str, flags: dict[str, str]) -> None:
         """Refuse options ({flag: dest}) given without the ``switch`` they belong to, in one line (exit code 2)."""
         given = [flag for flag, dest in flags.items() if self.option(dest) not in (None, False)]

@@ -15,7 +15,7 @@ from xml.sax.saxutils import escape
 import yaml
 
 from audit.errors import AuditError
-from audit.report import MetricSpec, Report, Section, Table
+from audit.report import MetricSpec, Report, Section, Table, interval_base
 
 OPERATORS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt, "==": operator.eq}
 BOUNDS = {"point": "", "lower": ".ci_low", "upper": ".ci_high"}
@@ -193,28 +193,23 @@ def check_rule_metrics(rules: list[Rule], *, policy_path: str, metrics: dict[str
     import difflib
 
     for rule in rules:
-        name = rule.metric[: -len(".ci_low")] if rule.metric.endswith(".ci_low") else rule.metric
-        name = name[: -len(".ci_high")] if name.endswith(".ci_high") else name
+        name = interval_base(rule.metric) or rule.metric
         if any(n in metrics for n in matching_metrics(name, metrics)):
             continue
         if any(globs_overlap(name, pattern) for pattern in declared):
             continue
-        known = dict.fromkeys([*(m for m in metrics if not _is_interval_name(m)), *(p for p in declared if "*" not in p)])
+        known = dict.fromkeys([*(m for m in metrics if interval_base(m) is None), *(p for p in declared if "*" not in p)])
         near = difflib.get_close_matches(name, list(known), n=3, cutoff=0.6)
         hint = f"; nearest: {', '.join(near)}" if near else ""
         raise AuditError(f"policy {policy_path}, rule {rule.id}: metric {rule.metric!r} is unknown: no metric of the report matches it and "
                          f"no installed plugin declares it; expected a name from 'audit metrics REPORT'{hint}")
 
 
-def _is_interval_name(name: str) -> bool:
-    return name.endswith(".ci_low") or name.endswith(".ci_high")
-
-
 def matching_metrics(pattern: str, metrics: dict[str, Any]) -> list[str]:
     """Metric names a rule applies to: the exact name, or every match of a glob (interval bounds excluded)."""
     if not any(ch in pattern for ch in "*?["):
         return [pattern]
-    return sorted(n for n in metrics if fnmatch.fnmatchcase(n, pattern) and not _is_interval_name(n))
+    return sorted(n for n in metrics if fnmatch.fnmatchcase(n, pattern) and interval_base(n) is None)
 
 
 def _finite(value: Any) -> float | None:

@@ -140,6 +140,14 @@ class Report:
                    schema_version=data.get("schema_version", SCHEMA_VERSION))
 
 
+INTERVAL_SUFFIXES = (".ci_low", ".ci_high")
+
+
+def interval_base(name: str) -> str | None:
+    """The metric a ``.ci_low`` / ``.ci_high`` name bounds; None for a metric of its own."""
+    return next((name[: -len(s)] for s in INTERVAL_SUFFIXES if name.endswith(s)), None)
+
+
 def metric_segment(value: str) -> str:
     """A free-text value (a group name, say) as one dotted segment of a metric name."""
     return re.sub(r"[^A-Za-z0-9_\-&]+", "_", str(value)).strip("_") or "_"

@@ -59,9 +59,7 @@ def audit_configure(config: RunConfig) -> None:
         config.refuse_without("--sensitive COLUMN[,COLUMN]", SENSITIVE_ONLY_FLAGS)
     if config.option("fairness_baseline", False) and mode != "reweight":
         raise AuditError("--fairness-baseline applies only with --fairness reweight: without a mitigation there is nothing to compare")
-    for dest, value in (("min_group_size", MIN_GROUP_SIZE), ("fairness_bootstrap", BOOTSTRAP)):
-        if config.option(dest) is None:
-            config.options[dest] = value
+    config.default_options({"min_group_size": MIN_GROUP_SIZE, "fairness_bootstrap": BOOTSTRAP})
     if config.option("min_group_size") < 1:
         raise AuditError(f"--min-group-size must be at least 1, got {config.option('min_group_size')}")
     if config.option("reweight_epsilon") is not None:

@@ -55,9 +55,7 @@ def audit_configure(config: RunConfig) -> None:
     if not dp:
         config.refuse_without("--dp", DP_ONLY_FLAGS)
         return
-    for dest, value in DP_DEFAULTS.items():
-        if config.option(dest) is None:
-            config.options[dest] = value
+    config.default_options(DP_DEFAULTS)
     if (epsilon is None) == (sigma is None):
         raise AuditError("--dp needs exactly one of --epsilon E (calibrate the noise) or --noise-multiplier S")
     if epsilon is not None and not epsilon > 0:

@@ -66,9 +66,7 @@ def audit_configure(config: RunConfig) -> None:
         return
     if mode != "adv-train" and config.option("adv_eps") is not None:
         raise AuditError("--adv-eps only applies with --robustness adv-train")
-    for dest, value in OPTION_DEFAULTS.items():
-        if config.option(dest) is None:
-            config.options[dest] = value
+    config.default_options(OPTION_DEFAULTS)
     attacks = [a.strip() for a in str(config.option("attack")).split(",") if a.strip()]
     unknown = [a for a in attacks if a not in ATTACKS]
     if unknown:
@@ -206,7 +204,9 @@ def _groups(ctx: EvalContext, section: Section, rows: torch.Tensor, masks: dict[
         return
     strongest = "pgd" if "pgd" in masks else next(iter(masks))
     eps_ref = eps_list[len(eps_list) // 2]
-    robust = masks[strongest][eps_ref].cpu().numpy()
+    # (rows, epsilons) correct masks per attack, moved off the device once
+    stacked = {a: torch.stack([m[e] for e in eps_list], 1).cpu().numpy() for a, m in masks.items()}
+    robust = stacked[strongest][:, len(eps_list) // 2]
     clean = clean_mask.cpu().numpy()
     table, curves, worst = [], [], (2.0, 0, 0)  # worst: (accuracy, robust rows, rows) of the worst group
     for feature in ctx.dataset.sensitive:
@@ -220,7 +220,7 @@ def _groups(ctx: EvalContext, section: Section, rows: torch.Tensor, masks: dict[
             clean_acc = float(clean[sel].mean())
             table.append([feature, group, size, clean_acc, acc, clean_acc - acc])
             # every attack and epsilon per group: who loses most, and from which epsilon on
-            by_eps = {a: [float(m[e].cpu().numpy()[sel].mean()) for e in eps_list] for a, m in masks.items()}
+            by_eps = {a: correct[sel].mean(0).tolist() for a, correct in stacked.items()}
             curves += [[feature, group, size, a, *accs] for a, accs in by_eps.items()]
             series.append(Series(str(group), [0.0] + eps_list, [clean_acc] + by_eps[strongest]))
         section.figures.append(Figure(f"{strongest} accuracy under attack per {feature} group", "line", "epsilon", "accuracy", series))

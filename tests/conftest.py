@@ -58,7 +58,8 @@ def undeclared_metrics(metrics: dict) -> list[str]:
 
     from audit.compliance import collect_metric_specs
     from audit.plugins import get_plugin_manager
+    from audit.report import interval_base
 
     patterns = [s.name for s in collect_metric_specs(get_plugin_manager())]
-    return [name for name in metrics if not name.endswith((".ci_low", ".ci_high"))
+    return [name for name in metrics if interval_base(name) is None
             and not any(fnmatch.fnmatchcase(name, p) for p in patterns)]

@@ -7,6 +7,7 @@ from typing import Any
 import jinja2
 
 from audit.render.svg import render_figure
+from audit.report import interval_base
 
 _ENV = jinja2.Environment(loader=jinja2.PackageLoader("audit.render", ""), autoescape=jinja2.select_autoescape(["html", "j2"]))
 
@@ -49,11 +50,9 @@ def provenance_rows(run: dict[str, Any]) -> list[tuple[str, str]]:
 
 def metric_rows(metrics: dict[str, Any]) -> list[tuple[str, Any, Any, Any]]:
     """(name, value, 95% low, 95% high) per metric: a metric's ``.ci_low``/``.ci_high`` join its own row."""
-    suffixes = (".ci_low", ".ci_high")
     rows = []
     for name, value in metrics.items():
-        base = next((name[: -len(s)] for s in suffixes if name.endswith(s)), None)
-        if base is not None and base in metrics:
+        if interval_base(name) in metrics:
             continue
         rows.append((name, value, metrics.get(f"{name}.ci_low"), metrics.get(f"{name}.ci_high")))
     return rows

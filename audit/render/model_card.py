@@ -11,6 +11,7 @@ import re
 from typing import Any
 
 from audit.render.html import format_value, provenance_rows
+from audit.report import interval_base
 
 TO_FILL = "_[TO FILL: {}]_"
 # Per attack and epsilon, per-attack AUC, and the worst group; per-group rows stay in report.html.
@@ -37,7 +38,7 @@ def _section(report: dict[str, Any], name: str) -> dict[str, Any] | None:
 
 
 def _headline(metrics: dict[str, Any], prefix: str, suffixes: tuple[str, ...]) -> list[str]:
-    return [k for k in metrics if k.startswith(prefix) and k.endswith(suffixes) and not k.endswith((".ci_low", ".ci_high"))]
+    return [k for k in metrics if k.startswith(prefix) and k.endswith(suffixes) and interval_base(k) is None]
 
 
 def render_model_card(report: dict[str, Any]) -> str:
