@@ -6,11 +6,20 @@ import argparse
 import logging
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from audit import __version__
-from audit.config import COMPRESSIONS, OPTIMIZERS, SCHEDULES, CliOption, Command, build_config, load_yaml_config
+from audit.config import (
+    COMPRESSIONS,
+    OPTIMIZERS,
+    SCHEDULES,
+    CliOption,
+    Command,
+    build_config,
+    load_yaml_config,
+)
 from audit.errors import AuditError
 
 EXIT_OK, EXIT_GATE_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -36,21 +45,46 @@ def _int_csv(value: str) -> list[int]:
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     S = argparse.SUPPRESS
-    p.add_argument("--data", default=S, help="built-in data set (adult, digits) or a .csv/.parquet file [adult]")
+    p.add_argument(
+        "--data", default=S, help="built-in data set (adult, digits) or a .csv/.parquet file [adult]"
+    )
     p.add_argument("--target", default=S, help="target column (built-in data knows its own)")
-    p.add_argument("--sensitive", type=_csv, default=S, help="comma-separated sensitive columns, e.g. sex,race")
+    p.add_argument(
+        "--sensitive", type=_csv, default=S, help="comma-separated sensitive columns, e.g. sex,race"
+    )
     p.add_argument("--categorical", type=_csv, default=S, help="force these columns to be categorical")
     p.add_argument("--numeric", type=_csv, default=S, help="force these columns to be numeric")
     p.add_argument("--drop-columns", type=_csv, default=S, help="columns to leave out of the features")
-    p.add_argument("--drop-sensitive", action="store_true", default=S, help="leave the sensitive columns out of the features")
-    p.add_argument("--positive-label", default=S, help="the positive class of a binary target [the second sorted value]")
+    p.add_argument(
+        "--drop-sensitive",
+        action="store_true",
+        default=S,
+        help="leave the sensitive columns out of the features",
+    )
+    p.add_argument(
+        "--positive-label", default=S, help="the positive class of a binary target [the second sorted value]"
+    )
     p.add_argument("--val-fraction", type=float, default=S, help="validation share [0.1]")
-    p.add_argument("--test-fraction", type=float, default=S, help="test share when the data has no split of its own [0.2]")
-    p.add_argument("--batch-size", type=int, default=S, help="batch size [1024 for 16k+ training rows, else 256]")
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        default=S,
+        help="test share when the data has no split of its own [0.2]",
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=S, help="batch size [1024 for 16k+ training rows, else 256]"
+    )
     p.add_argument("--seed", type=int, default=S, help="one seed for splits, initialisation and batches [0]")
     p.add_argument("--device", default=S, help="auto, cpu or cuda[:N] [auto]")
-    p.add_argument("--compress", type=_csv, default=S, help=f"post-training compression to measure: {','.join(COMPRESSIONS)}")
-    p.add_argument("--config", dest="config_file", default=S, help="YAML file of option: value pairs (flags win)")
+    p.add_argument(
+        "--compress",
+        type=_csv,
+        default=S,
+        help=f"post-training compression to measure: {','.join(COMPRESSIONS)}",
+    )
+    p.add_argument(
+        "--config", dest="config_file", default=S, help="YAML file of option: value pairs (flags win)"
+    )
     p.add_argument("--out", default=S, help="output folder [runs/<data>]")
     p.add_argument("--policy", default=S, help="gate the report against this policy (exit 1 on failure)")
     p.add_argument("--quiet", "-q", action="store_true", default=S, help="no progress bars or summary")
@@ -63,7 +97,9 @@ def _add_training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channels", type=_int_csv, default=S, help="CNN channels [16,32]")
     p.add_argument("--dropout", type=float, default=S, help="dropout [0]")
     p.add_argument("--epochs", type=int, default=S, help="epochs [10]")
-    p.add_argument("--lr", type=float, default=S, help="learning rate [3e-3 at batch 1024+, else 1e-3; DP-SGD 3e-3]")
+    p.add_argument(
+        "--lr", type=float, default=S, help="learning rate [3e-3 at batch 1024+, else 1e-3; DP-SGD 3e-3]"
+    )
     p.add_argument("--optimizer", default=S, help=f"{', '.join(OPTIMIZERS)} [adam]")
     p.add_argument("--momentum", type=float, default=S, help="momentum for sgd/rmsprop [0.9]")
     p.add_argument("--weight-decay", type=float, default=S, help="weight decay [0]")
@@ -73,8 +109,17 @@ def _add_training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gamma", type=float, default=S, help="decay factor for --schedule step [0.5]")
     p.add_argument("--label-smoothing", type=float, default=S, help="label smoothing [0]")
     p.add_argument("--grad-clip", type=float, default=S, help="clip the gradient norm to this value")
-    p.add_argument("--patience", type=int, default=S, help="early-stopping patience in epochs on the validation loss [3]")
-    p.add_argument("--no-early-stopping", dest="patience", action="store_const", const=None, default=S, help="train every epoch")
+    p.add_argument(
+        "--patience", type=int, default=S, help="early-stopping patience in epochs on the validation loss [3]"
+    )
+    p.add_argument(
+        "--no-early-stopping",
+        dest="patience",
+        action="store_const",
+        const=None,
+        default=S,
+        help="train every epoch",
+    )
     p.add_argument("--compile", action="store_true", default=S, help="torch.compile the model")
 
 
@@ -82,13 +127,19 @@ def _add_training(p: argparse.ArgumentParser) -> None:
 # largest order (the bound is still valid), torch's note on full backward hooks when the inputs
 # need no gradient (Opacus' per-sample hooks on the first layer), and torch's deprecation of the
 # eager int8 kernels that --compress quantize measures with.
-BENIGN_LIBRARY_WARNINGS = ("Optimal order is the largest alpha", "Full backward hook is firing when gradients are computed",
-                           "torch.quantize_per_tensor, torch.quantize_per_channel and other quantized tensor")
+BENIGN_LIBRARY_WARNINGS = (
+    "Optimal order is the largest alpha",
+    "Full backward hook is firing when gradients are computed",
+    "torch.quantize_per_tensor, torch.quantize_per_channel and other quantized tensor",
+)
 
 
 def build_parser(plugin_options: list[CliOption], commands: list[Command] = ()) -> argparse.ArgumentParser:
     """The full parser: core subcommands plus every plugin's options."""
-    parser = _Parser(prog="audit", description="Train a PyTorch model and audit privacy, fairness, robustness and efficiency in one report.")
+    parser = _Parser(
+        prog="audit",
+        description="Train a PyTorch model and audit privacy, fairness, robustness and efficiency in one report.",
+    )
     parser.add_argument("--version", action="version", version=f"rai-audit {__version__}")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
@@ -96,12 +147,16 @@ def build_parser(plugin_options: list[CliOption], commands: list[Command] = ()) 
     _add_common(train)
     _add_training(train)
     evaluate = sub.add_parser("evaluate", help="audit a saved model again, without training")
-    evaluate.add_argument("--model", dest="model_path", required=True, help="model.pt written by 'audit train'")
+    evaluate.add_argument(
+        "--model", dest="model_path", required=True, help="model.pt written by 'audit train'"
+    )
     _add_common(evaluate)
     for option in plugin_options:
         for name, target in (("train", train), ("evaluate", evaluate)):
             if name in option.commands:
-                target.add_argument(*option.flags, **{**option.kwargs, "default": argparse.SUPPRESS, "dest": option.dest})
+                target.add_argument(
+                    *option.flags, **{**option.kwargs, "default": argparse.SUPPRESS, "dest": option.dest}
+                )
     rep = sub.add_parser("report", help="re-render report.json as HTML, Markdown and a model card")
     rep.add_argument("report")
     rep.add_argument("--format", choices=["html", "md", "model-card", "all"], default="all")
@@ -118,7 +173,9 @@ def build_parser(plugin_options: list[CliOption], commands: list[Command] = ()) 
     return parser
 
 
-def config_file_tokens(values: dict[str, Any], command: argparse.ArgumentParser, train: argparse.ArgumentParser) -> list[str]:
+def config_file_tokens(
+    values: dict[str, Any], command: argparse.ArgumentParser, train: argparse.ArgumentParser
+) -> list[str]:
     """A YAML config's option: value pairs as command-line tokens, so argparse checks them exactly as it checks flags.
 
     Lists join with commas, ``true`` turns a switch on, ``null`` picks the option's "off" form (``patience: null``
@@ -136,7 +193,11 @@ def config_file_tokens(values: dict[str, Any], command: argparse.ArgumentParser,
             tokens += [off[0].option_strings[0]] if off else []
             continue
         action = next((a for a in actions if a.nargs != 0 or a.const is not None), actions[0])
-        flag = action.option_strings[-1] if action.option_strings[-1].startswith("--") else action.option_strings[0]
+        flag = (
+            action.option_strings[-1]
+            if action.option_strings[-1].startswith("--")
+            else action.option_strings[0]
+        )
         if isinstance(value, bool) and (action.nargs == 0 or action.nargs == "?"):
             tokens += [flag] if value else []
         elif isinstance(value, (list, tuple)):
@@ -147,7 +208,9 @@ def config_file_tokens(values: dict[str, Any], command: argparse.ArgumentParser,
 
 
 def _merge(args: argparse.Namespace, plugin_options: list[CliOption], argv: Sequence[str]) -> dict[str, Any]:
-    values: dict[str, Any] = {o.dest: o.kwargs.get("default") for o in plugin_options if args.cmd in o.commands}
+    values: dict[str, Any] = {
+        o.dest: o.kwargs.get("default") for o in plugin_options if args.cmd in o.commands
+    }
     values.update({k: v for k, v in vars(args).items() if k not in ("cmd", "verbose")})
     if args.cmd == "evaluate" and "data" not in values:
         values["data"] = None  # the saved model's built-in data (resolved by run_evaluate)
@@ -158,8 +221,19 @@ def _merge(args: argparse.Namespace, plugin_options: list[CliOption], argv: Sequ
 
 def _print_summary(outcome: Any) -> None:
     metrics = outcome.report["metrics"]
-    keys = [k for k in ("performance.accuracy", "performance.roc_auc", "efficiency.train_samples_per_s", "privacy.epsilon",
-                        "privacy.mia_auc", "robustness.worst_group_robust_accuracy", "gate.passed") if k in metrics]
+    keys = [
+        k
+        for k in (
+            "performance.accuracy",
+            "performance.roc_auc",
+            "efficiency.train_samples_per_s",
+            "privacy.epsilon",
+            "privacy.mia_auc",
+            "robustness.worst_group_robust_accuracy",
+            "gate.passed",
+        )
+        if k in metrics
+    ]
     keys += [k for k in metrics if k.endswith("demographic_parity_difference") and "&" not in k][:3]
     for key in keys:
         value = metrics[key]
@@ -177,13 +251,19 @@ def _run(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "config_file", None):
         # The file's values go in right after the subcommand, so argparse checks them and later flags win.
-        tokens = config_file_tokens(load_yaml_config(args.config_file), parser.command_parsers[args.cmd], parser.command_parsers["train"])
+        tokens = config_file_tokens(
+            load_yaml_config(args.config_file),
+            parser.command_parsers[args.cmd],
+            parser.command_parsers["train"],
+        )
         at = argv.index(args.cmd) + 1
         try:
             args = parser.parse_args([*argv[:at], *tokens, *argv[at:]])
         except AuditError as exc:
             raise AuditError(f"{exc} (from config file {args.config_file})") from None
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     if args.cmd in ("train", "evaluate"):
         from audit.runner import run_evaluate, run_train
 
@@ -208,7 +288,9 @@ def _run(argv: Sequence[str]) -> int:
         from audit.plugins import describe_plugins
 
         for row in describe_plugins(pm):
-            print(f"{row['name']:<12} {row['distribution']} {row['version']}  hooks: {', '.join(row['hooks'])}")
+            print(
+                f"{row['name']:<12} {row['distribution']} {row['version']}  hooks: {', '.join(row['hooks'])}"
+            )
         return EXIT_OK
     plugin_command = next((c for c in commands if c.name == args.cmd), None)
     if plugin_command is not None:

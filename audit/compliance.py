@@ -9,8 +9,9 @@ verdicts later from report.json alone, without the plugins that declared the tag
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import pluggy
 
@@ -29,27 +30,60 @@ class Clause:
 
 
 CLAUSES: tuple[Clause, ...] = (
-    Clause("EU AI Act Art. 10(2)(f)", "EU AI Act",
-           "Examination of training, validation and testing data for possible biases that affect health, safety or "
-           "fundamental rights, or lead to prohibited discrimination"),
-    Clause("EU AI Act Art. 10(5)", "EU AI Act",
-           "Special categories of personal data processed for bias detection and correction only with appropriate "
-           "safeguards, including state-of-the-art privacy-preserving measures"),
-    Clause("EU AI Act Art. 15", "EU AI Act",
-           "An appropriate level of accuracy, robustness and cybersecurity, including resilience against adversarial "
-           "examples and model evasion"),
-    Clause("NIST AI RMF MEASURE 2.7", "NIST AI RMF 1.0", "AI system security and resilience are evaluated and documented"),
-    Clause("NIST AI RMF MEASURE 2.10", "NIST AI RMF 1.0", "Privacy risk of the AI system is examined and documented"),
-    Clause("NIST AI RMF MEASURE 2.11", "NIST AI RMF 1.0",
-           "Fairness and bias are evaluated and results are documented"),
-    Clause("NIST AI RMF MEASURE 2.12", "NIST AI RMF 1.0",
-           "Environmental impact and sustainability of model training and management activities are assessed and documented"),
+    Clause(
+        "EU AI Act Art. 10(2)(f)",
+        "EU AI Act",
+        "Examination of training, validation and testing data for possible biases that affect health, safety or "
+        "fundamental rights, or lead to prohibited discrimination",
+    ),
+    Clause(
+        "EU AI Act Art. 10(5)",
+        "EU AI Act",
+        "Special categories of personal data processed for bias detection and correction only with appropriate "
+        "safeguards, including state-of-the-art privacy-preserving measures",
+    ),
+    Clause(
+        "EU AI Act Art. 15",
+        "EU AI Act",
+        "An appropriate level of accuracy, robustness and cybersecurity, including resilience against adversarial "
+        "examples and model evasion",
+    ),
+    Clause(
+        "NIST AI RMF MEASURE 2.7",
+        "NIST AI RMF 1.0",
+        "AI system security and resilience are evaluated and documented",
+    ),
+    Clause(
+        "NIST AI RMF MEASURE 2.10",
+        "NIST AI RMF 1.0",
+        "Privacy risk of the AI system is examined and documented",
+    ),
+    Clause(
+        "NIST AI RMF MEASURE 2.11",
+        "NIST AI RMF 1.0",
+        "Fairness and bias are evaluated and results are documented",
+    ),
+    Clause(
+        "NIST AI RMF MEASURE 2.12",
+        "NIST AI RMF 1.0",
+        "Environmental impact and sustainability of model training and management activities are assessed and documented",
+    ),
 )
 
 
 COMPLIANCE_METRIC_SPECS = [
-    MetricSpec("compliance.clauses_with_evidence", True, "clauses", "Catalogued clauses at least one metric of the report speaks to"),
-    MetricSpec("compliance.clauses_without_evidence", False, "clauses", "Catalogued clauses no metric of the report speaks to"),
+    MetricSpec(
+        "compliance.clauses_with_evidence",
+        True,
+        "clauses",
+        "Catalogued clauses at least one metric of the report speaks to",
+    ),
+    MetricSpec(
+        "compliance.clauses_without_evidence",
+        False,
+        "clauses",
+        "Catalogued clauses no metric of the report speaks to",
+    ),
 ]
 
 
@@ -58,8 +92,12 @@ def collect_metric_specs(pm: pluggy.PluginManager) -> list[MetricSpec]:
     from audit.evaluation import CORE_METRIC_SPECS
     from audit.gate import GATE_METRIC_SPECS
 
-    return [*CORE_METRIC_SPECS, *COMPLIANCE_METRIC_SPECS, *GATE_METRIC_SPECS,
-            *(spec for group in pm.hook.audit_metric_specs() for spec in (group or []))]
+    return [
+        *CORE_METRIC_SPECS,
+        *COMPLIANCE_METRIC_SPECS,
+        *GATE_METRIC_SPECS,
+        *(spec for group in pm.hook.audit_metric_specs() for spec in (group or [])),
+    ]
 
 
 def spec_for(name: str, specs: Iterable[MetricSpec]) -> MetricSpec | None:
@@ -97,8 +135,9 @@ def evidence_from_section(report: dict[str, Any]) -> list[tuple[str, str, str]]:
     return [(row[0], row[1], row[2]) for row in table["rows"]]
 
 
-def compliance_section(metrics: dict[str, Any], evidence: list[tuple[str, str, str]],
-                       gate_table: Table | None = None) -> Section:
+def compliance_section(
+    metrics: dict[str, Any], evidence: list[tuple[str, str, str]], gate_table: Table | None = None
+) -> Section:
     """Build the section: a clause table (status and gate verdict), the headline evidence, and the index.
 
     ``gate_table`` is the gate section's "Rules" table (columns rule, metric, ..., verdict); without
@@ -113,30 +152,53 @@ def compliance_section(metrics: dict[str, Any], evidence: list[tuple[str, str, s
             verdicts.setdefault(base, []).append((row[col["rule"]], row[col["verdict"]]))
     known = {c.id for c in CLAUSES}
     declared = [c for c in dict.fromkeys(tag for tag, _, _ in evidence) if c not in known]
-    clauses = [*CLAUSES, *(Clause(tag, "declared by a plugin", "(no requirement text on record)") for tag in declared)]
+    clauses = [
+        *CLAUSES,
+        *(Clause(tag, "declared by a plugin", "(no requirement text on record)") for tag in declared),
+    ]
     section = Section(SECTION, "Compliance evidence")
     clause_rows, headline_rows, missing = [], [], []
     for clause in clauses:
         names = [name for tag, name, _ in evidence if tag == clause.id and name in metrics]
-        headline = [name for tag, name, kind in evidence if tag == clause.id and name in metrics
-                    and (kind == "headline" or name in verdicts)]
+        headline = [
+            name
+            for tag, name, kind in evidence
+            if tag == clause.id and name in metrics and (kind == "headline" or name in verdicts)
+        ]
         clause_verdicts = [v for name in names for _, v in verdicts.get(name, [])]
         status = _clause_verdict(names, clause_verdicts)
         if not names:
             missing.append(clause.id)
         sources = sorted({name.split(".", 1)[0] for name in names})
-        clause_rows.append([clause.id, clause.requirement, len(names), ", ".join(sources) or "—",
-                            len(clause_verdicts), status])
-        headline_rows += [[clause.id, name, metrics.get(name), _metric_verdict(verdicts.get(name, []))] for name in headline]
-    section.tables.append(Table("Clauses", ["clause", "requirement", "evidence metrics", "produced by", "gate checks", "verdict"],
-                                clause_rows))
+        clause_rows.append(
+            [
+                clause.id,
+                clause.requirement,
+                len(names),
+                ", ".join(sources) or "—",
+                len(clause_verdicts),
+                status,
+            ]
+        )
+        headline_rows += [
+            [clause.id, name, metrics.get(name), _metric_verdict(verdicts.get(name, []))] for name in headline
+        ]
+    section.tables.append(
+        Table(
+            "Clauses",
+            ["clause", "requirement", "evidence metrics", "produced by", "gate checks", "verdict"],
+            clause_rows,
+        )
+    )
     section.tables.append(Table("Evidence", ["clause", "metric", "value", "gate verdict"], headline_rows))
     section.tables.append(Table("Evidence index", ["clause", "metric", "kind"], [list(e) for e in evidence]))
     section.add_metric("clauses_with_evidence", len(clauses) - len(missing))
     section.add_metric("clauses_without_evidence", len(missing))
-    section.notes.append("Evidence is what this run measured; it supports, and does not replace, a reviewer's "
-                         "assessment of the clause. Per-group and other descriptive metrics are counted under "
-                         "'evidence metrics' and listed in the sections that produced them.")
+    section.notes.append(
+        "Evidence is what this run measured; it supports, and does not replace, a reviewer's "
+        "assessment of the clause. Per-group and other descriptive metrics are counted under "
+        "'evidence metrics' and listed in the sections that produced them."
+    )
     if missing:
         section.warnings.append("This run produced no evidence for: " + "; ".join(missing) + ".")
     return section

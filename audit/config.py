@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Collection
+from typing import Any
 
 import yaml
 
@@ -47,7 +48,9 @@ class RunConfig:
     """Everything one run needs; plugin options live in ``options``."""
 
     command: str = "train"
-    data: str | None = "adult"  # None only for 'audit evaluate' without --data: the saved model's built-in data
+    data: str | None = (
+        "adult"  # None only for 'audit evaluate' without --data: the saved model's built-in data
+    )
     target: str | None = None
     sensitive: list[str] = field(default_factory=list)
     categorical: list[str] = field(default_factory=list)
@@ -65,7 +68,9 @@ class RunConfig:
     # step, and with early stopping on Adult it bought nothing (0.8591 with 0.1, 0.8585 without).
     dropout: float = 0.0
     epochs: int = 10
-    batch_size: int | None = None  # None: LARGE_BATCH for large training sets, else 256 (see resolve_defaults)
+    batch_size: int | None = (
+        None  # None: LARGE_BATCH for large training sets, else 256 (see resolve_defaults)
+    )
     lr: float | None = None  # None: 3e-3 at LARGE_BATCH, else 1e-3; or a plugin's default (DP-SGD: 3e-3)
     optimizer: str = "adam"
     momentum: float = 0.9
@@ -102,7 +107,9 @@ class RunConfig:
         """Refuse options ({flag: dest}) given without the ``switch`` they belong to, in one line (exit code 2)."""
         given = [flag for flag, dest in flags.items() if self.option(dest) not in (None, False)]
         if given:
-            raise AuditError(f"{', '.join(given)} only {'applies' if len(given) == 1 else 'apply'} with {switch}")
+            raise AuditError(
+                f"{', '.join(given)} only {'applies' if len(given) == 1 else 'apply'} with {switch}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Return the configuration as JSON-able data."""
@@ -132,15 +139,25 @@ class RunConfig:
         if not 0 <= self.momentum < 1:
             raise AuditError(f"--momentum must be in [0, 1), got {self.momentum}")
         if self.step_size < 1 or not self.gamma > 0:
-            raise AuditError(f"--step-size must be at least 1 and --gamma positive, got {self.step_size} and {self.gamma}")
+            raise AuditError(
+                f"--step-size must be at least 1 and --gamma positive, got {self.step_size} and {self.gamma}"
+            )
         if not 0 <= self.warmup_epochs < self.epochs:
-            raise AuditError(f"--warmup-epochs must be in [0, --epochs), got {self.warmup_epochs} with {self.epochs} epochs")
+            raise AuditError(
+                f"--warmup-epochs must be in [0, --epochs), got {self.warmup_epochs} with {self.epochs} epochs"
+            )
         # Options that only mean something under another option's choice: refused when given without it.
-        belongs = {"momentum": ("--momentum", "--optimizer sgd or rmsprop", self.optimizer in ("sgd", "rmsprop")),
-                   "warmup_epochs": ("--warmup-epochs", "--schedule cosine", self.schedule == "cosine"),
-                   "step_size": ("--step-size", "--schedule step", self.schedule == "step"),
-                   "gamma": ("--gamma", "--schedule step", self.schedule == "step"),
-                   "drop_sensitive": ("--drop-sensitive", "--sensitive", bool(self.sensitive) or self.command != "train")}
+        belongs = {
+            "momentum": ("--momentum", "--optimizer sgd or rmsprop", self.optimizer in ("sgd", "rmsprop")),
+            "warmup_epochs": ("--warmup-epochs", "--schedule cosine", self.schedule == "cosine"),
+            "step_size": ("--step-size", "--schedule step", self.schedule == "step"),
+            "gamma": ("--gamma", "--schedule step", self.schedule == "step"),
+            "drop_sensitive": (
+                "--drop-sensitive",
+                "--sensitive",
+                bool(self.sensitive) or self.command != "train",
+            ),
+        }
         for name, (flag, needs, ok) in belongs.items():
             if name in given and not ok:
                 raise AuditError(f"{flag} only applies with {needs}")
@@ -149,12 +166,18 @@ class RunConfig:
         if self.lr is not None and not self.lr > 0:
             raise AuditError(f"--lr must be positive, got {self.lr}")
         if self.optimizer not in OPTIMIZERS:
-            raise AuditError(f"--optimizer {self.optimizer!r} is unknown; expected one of {', '.join(OPTIMIZERS)}")
+            raise AuditError(
+                f"--optimizer {self.optimizer!r} is unknown; expected one of {', '.join(OPTIMIZERS)}"
+            )
         if self.schedule not in SCHEDULES:
-            raise AuditError(f"--schedule {self.schedule!r} is unknown; expected one of {', '.join(SCHEDULES)}")
+            raise AuditError(
+                f"--schedule {self.schedule!r} is unknown; expected one of {', '.join(SCHEDULES)}"
+            )
         unknown = [c for c in self.compress if c not in COMPRESSIONS]
         if unknown:
-            raise AuditError(f"--compress {','.join(unknown)!r} is unknown; expected a list of {', '.join(COMPRESSIONS)}")
+            raise AuditError(
+                f"--compress {','.join(unknown)!r} is unknown; expected a list of {', '.join(COMPRESSIONS)}"
+            )
         if not 0 <= self.dropout < 1:
             raise AuditError(f"--dropout must be in [0, 1), got {self.dropout}")
         if not 0 <= self.label_smoothing < 1:
@@ -169,7 +192,9 @@ class RunConfig:
             import torch
 
             if not torch.cuda.is_available():
-                raise AuditError(f"--device {self.device} was asked for, but CUDA is not available here; use --device cpu")
+                raise AuditError(
+                    f"--device {self.device} was asked for, but CUDA is not available here; use --device cpu"
+                )
 
 
 FIELD_NAMES = {f.name for f in dataclasses.fields(RunConfig)}
@@ -189,7 +214,9 @@ def load_yaml_config(path: str) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise AuditError(f"config file {path} must hold a mapping of option: value, got {type(data).__name__}")
+        raise AuditError(
+            f"config file {path} must hold a mapping of option: value, got {type(data).__name__}"
+        )
     return {str(key).replace("-", "_"): value for key, value in data.items()}
 
 

@@ -44,7 +44,9 @@ def flops_per_sample(model: nn.Module, example: torch.Tensor) -> int:
 
 
 @torch.no_grad()
-def latency_ms(model: nn.Module, batch: torch.Tensor, *, repeats: int = 30, warmup: int = 3) -> tuple[float, float]:
+def latency_ms(
+    model: nn.Module, batch: torch.Tensor, *, repeats: int = 30, warmup: int = 3
+) -> tuple[float, float]:
     """p50 and p95 wall-clock latency of one forward pass on ``batch``, in milliseconds."""
     was_training = model.training
     model.eval()
@@ -73,7 +75,9 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 def quantize_dynamic_int8(model: nn.Module) -> nn.Module:
     """A copy with every Linear layer dynamically quantized to int8 (CPU inference)."""
-    return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).cpu().eval(), {nn.Linear}, dtype=torch.qint8)
+    return torch.ao.quantization.quantize_dynamic(
+        copy.deepcopy(model).cpu().eval(), {nn.Linear}, dtype=torch.qint8
+    )
 
 
 def prune_magnitude(model: nn.Module, amount: float = 0.5) -> tuple[nn.Module, float]:
@@ -106,8 +110,9 @@ def sparse_size_bytes(model: nn.Module) -> int:
     return buffer.getbuffer().nbytes
 
 
-def compression_rows(model: nn.Module, x_test: torch.Tensor, y_test: torch.Tensor, methods: list[str],
-                     *, repeats: int = 20) -> tuple[list[list[Any]], dict[str, float]]:
+def compression_rows(
+    model: nn.Module, x_test: torch.Tensor, y_test: torch.Tensor, methods: list[str], *, repeats: int = 20
+) -> tuple[list[list[Any]], dict[str, float]]:
     """Measure size, batch-256 latency and test accuracy before and after each compression method (CPU)."""
     base = copy.deepcopy(model).cpu().eval()
     batch = x_test[:256].cpu()
@@ -119,7 +124,13 @@ def compression_rows(model: nn.Module, x_test: torch.Tensor, y_test: torch.Tenso
         rows.append([name, size, round(p50, 4), round(acc, 4)])
         prefix = "efficiency" if name == "original" else f"efficiency.{name}"
         if name != "original":
-            metrics.update({f"{prefix}.size_bytes": size, f"{prefix}.latency_ms_b256_p50": p50, f"{prefix}.accuracy": acc})
+            metrics.update(
+                {
+                    f"{prefix}.size_bytes": size,
+                    f"{prefix}.latency_ms_b256_p50": p50,
+                    f"{prefix}.accuracy": acc,
+                }
+            )
 
     measure("original", base, model_size_bytes(base))
     original_acc = rows[0][3]
@@ -131,5 +142,7 @@ def compression_rows(model: nn.Module, x_test: torch.Tensor, y_test: torch.Tenso
             pruned, sparsity = prune_magnitude(base)
             measure("prune", pruned, sparse_size_bytes(pruned))
             metrics["efficiency.prune.sparsity"] = sparsity
-        metrics[f"efficiency.{method}.accuracy_drop"] = original_acc - metrics[f"efficiency.{method}.accuracy"]
+        metrics[f"efficiency.{method}.accuracy_drop"] = (
+            original_acc - metrics[f"efficiency.{method}.accuracy"]
+        )
     return rows, metrics

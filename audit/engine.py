@@ -77,7 +77,9 @@ class TrainingSetup:
     config: RunConfig
     dataset: Dataset
     base_model: nn.Module  # the model as built; wrappers (DP, compile) share its parameters
-    model_spec: dict[str, Any]  # the recipe saved in model.pt; a plugin that changes the architecture records it here
+    model_spec: dict[
+        str, Any
+    ]  # the recipe saved in model.pt; a plugin that changes the architecture records it here
     model: nn.Module
     optimizer: torch.optim.Optimizer
     criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # returns per-sample losses
@@ -129,7 +131,11 @@ def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
     """The L2 norm of all gradients together (``get_total_norm`` exists from torch 2.6 on)."""
     if hasattr(nn.utils, "get_total_norm"):
         return nn.utils.get_total_norm(grads)
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) if grads else torch.zeros(())
+    return (
+        torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        if grads
+        else torch.zeros(())
+    )
 
 
 def _fused_available() -> bool:
@@ -158,7 +164,9 @@ def attach_scheduler(setup: TrainingSetup) -> None:
     steps = setup.batch_sampler.steps_per_epoch
     total = config.epochs * steps
     if config.schedule == "step":
-        setup.scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
+        setup.scheduler = torch.optim.lr_scheduler.StepLR(
+            optimizer, step_size=config.step_size, gamma=config.gamma
+        )
         setup.scheduler_per_step = False
     elif config.schedule == "cosine":
         warmup = int(config.warmup_epochs * steps)
@@ -173,11 +181,15 @@ def attach_scheduler(setup: TrainingSetup) -> None:
     elif config.schedule == "onecycle":
         defaults = getattr(optimizer, "original_optimizer", optimizer).defaults
         cycle_momentum = "momentum" in defaults or "betas" in defaults  # Adagrad has neither
-        setup.scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total, cycle_momentum=cycle_momentum)
+        setup.scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=config.lr, total_steps=total, cycle_momentum=cycle_momentum
+        )
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, x: torch.Tensor, device: torch.device, batch_size: int = EVAL_BATCH) -> torch.Tensor:
+def predict_logits(
+    model: nn.Module, x: torch.Tensor, device: torch.device, batch_size: int = EVAL_BATCH
+) -> torch.Tensor:
     """Logits for every row, in eval mode, in large batches; returned on the CPU."""
     was_training = model.training
     model.eval()
@@ -202,11 +214,24 @@ def _sync(device: torch.device) -> None:
 
 def progress_bar(*, total: int, desc: str | None, unit: str, enabled: bool, leave: bool = True) -> tqdm:
     """The one progress-bar style of the project: counts with rates on stderr, silent when not ``enabled``."""
-    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True, mininterval=0.5, leave=leave)
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        disable=not enabled,
+        dynamic_ncols=True,
+        mininterval=0.5,
+        leave=leave,
+    )
 
 
-def train(setup: TrainingSetup, *, after_epoch: Callable[[EpochState], list[dict[str, float] | None]] = lambda s: [],
-          progress: bool = True, desc: str | None = None) -> TrainResult:
+def train(
+    setup: TrainingSetup,
+    *,
+    after_epoch: Callable[[EpochState], list[dict[str, float] | None]] = lambda s: [],
+    progress: bool = True,
+    desc: str | None = None,
+) -> TrainResult:
     """Train ``setup.model``; keep the weights of the best validation epoch when early stopping is on."""
     config, device, model, optimizer = setup.config, setup.device, setup.model, setup.optimizer
     pin = device.type == "cuda"
@@ -222,7 +247,9 @@ def train(setup: TrainingSetup, *, after_epoch: Callable[[EpochState], list[dict
     lowest_val_loss = math.inf
     patience, stale, steps, seen, train_time, norm_baseline = config.patience, 0, 0, 0, 0.0, None
     wall_start = time.perf_counter()
-    bar = progress_bar(total=config.epochs * steps_per_epoch, desc=desc, unit="step", enabled=progress, leave=desc is None)
+    bar = progress_bar(
+        total=config.epochs * steps_per_epoch, desc=desc, unit="step", enabled=progress, leave=desc is None
+    )
     for epoch in range(1, config.epochs + 1):
         model.train()
         losses = torch.zeros(steps_per_epoch, device=device)
@@ -268,19 +295,33 @@ def train(setup: TrainingSetup, *, after_epoch: Callable[[EpochState], list[dict
         if bad.any():
             first = int(bad.nonzero()[0])
             what = "loss" if not torch.isfinite(losses[first]) else "gradient norm"
-            raise TrainingDiverged(f"training diverged: the {what} became {losses[first].item() if what == 'loss' else norms[first].item()} "
-                                   f"at epoch {epoch}, step {first + 1}; try a lower --lr or --grad-clip")
+            raise TrainingDiverged(
+                f"training diverged: the {what} became {losses[first].item() if what == 'loss' else norms[first].item()} "
+                f"at epoch {epoch}, step {first + 1}; try a lower --lr or --grad-clip"
+            )
         if setup.scheduler is not None and not setup.scheduler_per_step:
             setup.scheduler.step()
         if setup.track_grad_norm:
             if norm_baseline is None:
                 norm_baseline = float(norms.median())
-            elif norm_baseline > 0 and float(norms.max()) > EXPLODING_FACTOR * norm_baseline and not any("exploding" in w for w in warnings):
-                warnings.append(f"exploding gradient norms: epoch {epoch} reached {float(norms.max()):.3g}, "
-                                f"over {EXPLODING_FACTOR:g}x the first epoch's median {norm_baseline:.3g}")
+            elif (
+                norm_baseline > 0
+                and float(norms.max()) > EXPLODING_FACTOR * norm_baseline
+                and not any("exploding" in w for w in warnings)
+            ):
+                warnings.append(
+                    f"exploding gradient norms: epoch {epoch} reached {float(norms.max()):.3g}, "
+                    f"over {EXPLODING_FACTOR:g}x the first epoch's median {norm_baseline:.3g}"
+                )
         val_loss, val_acc = _validate(setup)
-        record = {"epoch": epoch, "train_loss": float(losses.mean()), "val_loss": val_loss, "val_accuracy": val_acc,
-                  "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": time.perf_counter() - t0}
+        record = {
+            "epoch": epoch,
+            "train_loss": float(losses.mean()),
+            "val_loss": val_loss,
+            "val_accuracy": val_acc,
+            "lr": optimizer.param_groups[0]["lr"],
+            "epoch_time_s": time.perf_counter() - t0,
+        }
         if setup.track_grad_norm:
             record["grad_norm_median"] = float(norms.median())
         for extra in after_epoch(EpochState(setup=setup, epoch=epoch, steps_done=steps, record=record)):
@@ -299,12 +340,21 @@ def train(setup: TrainingSetup, *, after_epoch: Callable[[EpochState], list[dict
     bar.close()
     diverging = [h for h in history if h["val_loss"] > 1.5 * lowest_val_loss]
     if len(diverging) >= 2 and diverging[-1]["epoch"] == history[-1]["epoch"]:
-        warnings.append(f"validation loss diverged: {history[-1]['val_loss']:.4f} at epoch {history[-1]['epoch']} "
-                        f"against the lowest {lowest_val_loss:.4f}")
+        warnings.append(
+            f"validation loss diverged: {history[-1]['val_loss']:.4f} at epoch {history[-1]['epoch']} "
+            f"against the lowest {lowest_val_loss:.4f}"
+        )
     stopped_early = len(history) < config.epochs
     if patience is not None and best[2] is not None:
         setup.base_model.load_state_dict(best[2])
     best_epoch = best[1] if patience is not None and best[2] is not None else len(history)
-    return TrainResult(history=history, best_epoch=best_epoch, stopped_early=stopped_early, steps=steps,
-                       samples_seen=seen, train_time_s=train_time, wall_time_s=time.perf_counter() - wall_start,
-                       warnings=warnings)
+    return TrainResult(
+        history=history,
+        best_epoch=best_epoch,
+        stopped_early=stopped_early,
+        steps=steps,
+        samples_seen=seen,
+        train_time_s=train_time,
+        wall_time_s=time.perf_counter() - wall_start,
+        warnings=warnings,
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import math
 import operator
@@ -118,7 +119,9 @@ def parse_rule(raw: Any, where: str, index: int) -> Rule:
         raise AuditError(f"{where}: a rule must be a mapping or a string, got {type(raw).__name__}")
     unknown = set(raw) - _RULE_KEYS
     if unknown:
-        raise AuditError(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; expected {', '.join(sorted(_RULE_KEYS))}")
+        raise AuditError(
+            f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; expected {', '.join(sorted(_RULE_KEYS))}"
+        )
     metric = raw.get("metric")
     if not isinstance(metric, str) or not metric:
         raise AuditError(f"{where}: 'metric' is required (a metric name or glob pattern)")
@@ -128,8 +131,13 @@ def parse_rule(raw: Any, where: str, index: int) -> Rule:
     bound = raw.get("bound", "point")
     if bound not in BOUNDS:
         raise AuditError(f"{where}: bound {bound!r} is unknown; expected point, lower or upper")
-    common = dict(id=str(raw.get("id") or f"rule-{index + 1}"), metric=metric, severity=severity,
-                  rationale=str(raw.get("rationale", "")), bound=bound)
+    common = dict(
+        id=str(raw.get("id") or f"rule-{index + 1}"),
+        metric=metric,
+        severity=severity,
+        rationale=str(raw.get("rationale", "")),
+        bound=bound,
+    )
     if "max_drop" in raw or "max_increase" in raw:
         if "op" in raw or "value" in raw:
             raise AuditError(f"{where}: a rule has either op/value or max_drop/max_increase, not both")
@@ -153,13 +161,17 @@ def load_policy(path: str) -> tuple[list[Rule], str]:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        raise AuditError(f"policy {path}{f', line {mark.line + 1}' if mark else ''}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        raise AuditError(
+            f"policy {path}{f', line {mark.line + 1}' if mark else ''}: not valid YAML ({getattr(exc, 'problem', exc)})"
+        ) from None
     rules_raw = data.get("rules") if isinstance(data, dict) else data
     if not isinstance(rules_raw, list) or not rules_raw:
         raise AuditError(f"policy {path}: expected a non-empty list under 'rules'")
     lines = _rule_lines(text)
-    rules = [parse_rule(raw, f"policy {path}, line {lines[i] if i < len(lines) else '?'} (rule {i + 1})", i)
-             for i, raw in enumerate(rules_raw)]
+    rules = [
+        parse_rule(raw, f"policy {path}, line {lines[i] if i < len(lines) else '?'} (rule {i + 1})", i)
+        for i, raw in enumerate(rules_raw)
+    ]
     ids = [r.id for r in rules]
     duplicated = sorted({i for i in ids if ids.count(i) > 1})
     if duplicated:
@@ -169,9 +181,8 @@ def load_policy(path: str) -> tuple[list[Rule], str]:
 
 def globs_overlap(a: str, b: str) -> bool:
     """Whether some name matches both glob patterns (``*`` any run, ``?`` one character, the rest literal)."""
-    from functools import lru_cache
 
-    @lru_cache(maxsize=None)
+    @functools.cache
     def meet(i: int, j: int) -> bool:
         if i == len(a) or j == len(b):
             return a[i:].strip("*") == "" and b[j:].strip("*") == ""
@@ -184,7 +195,9 @@ def globs_overlap(a: str, b: str) -> bool:
     return meet(0, 0)
 
 
-def check_rule_metrics(rules: list[Rule], *, policy_path: str, metrics: dict[str, Any], declared: list[str]) -> None:
+def check_rule_metrics(
+    rules: list[Rule], *, policy_path: str, metrics: dict[str, Any], declared: list[str]
+) -> None:
     """Refuse a rule whose metric (or glob) matches nothing in the report and nothing any installed plugin declares.
 
     Such a name is a typo or a plugin missing here, not a metric this run happened not to produce (that one
@@ -198,11 +211,15 @@ def check_rule_metrics(rules: list[Rule], *, policy_path: str, metrics: dict[str
             continue
         if any(globs_overlap(name, pattern) for pattern in declared):
             continue
-        known = dict.fromkeys([*(m for m in metrics if interval_base(m) is None), *(p for p in declared if "*" not in p)])
+        known = dict.fromkeys(
+            [*(m for m in metrics if interval_base(m) is None), *(p for p in declared if "*" not in p)]
+        )
         near = difflib.get_close_matches(name, list(known), n=3, cutoff=0.6)
         hint = f"; nearest: {', '.join(near)}" if near else ""
-        raise AuditError(f"policy {policy_path}, rule {rule.id}: metric {rule.metric!r} is unknown: no metric of the report matches it and "
-                         f"no installed plugin declares it; expected a name from 'audit metrics REPORT'{hint}")
+        raise AuditError(
+            f"policy {policy_path}, rule {rule.id}: metric {rule.metric!r} is unknown: no metric of the report matches it and "
+            f"no installed plugin declares it; expected a name from 'audit metrics REPORT'{hint}"
+        )
 
 
 def matching_metrics(pattern: str, metrics: dict[str, Any]) -> list[str]:
@@ -218,7 +235,9 @@ def _finite(value: Any) -> float | None:
     return None
 
 
-def evaluate_policy(rules: list[Rule], metrics: dict[str, Any], *, baseline: dict[str, Any] | None = None) -> GateResult:
+def evaluate_policy(
+    rules: list[Rule], metrics: dict[str, Any], *, baseline: dict[str, Any] | None = None
+) -> GateResult:
     """Apply every rule to the metrics map; any missing value is a failure (fail closed)."""
     if baseline is None and any(r.is_regression for r in rules):
         names = ", ".join(r.id for r in rules if r.is_regression)
@@ -227,7 +246,9 @@ def evaluate_policy(rules: list[Rule], metrics: dict[str, Any], *, baseline: dic
     for rule in rules:
         names = matching_metrics(rule.metric, metrics)
         if not names:
-            result.results.append(RuleResult(rule, rule.metric, None, _verdict(rule, False), "no metric matches this pattern"))
+            result.results.append(
+                RuleResult(rule, rule.metric, None, _verdict(rule, False), "no metric matches this pattern")
+            )
             continue
         for name in names:
             result.results.append(_apply(rule, name, metrics, baseline))
@@ -242,14 +263,26 @@ def _apply(rule: Rule, name: str, metrics: dict[str, Any], baseline: dict[str, A
     key = name + BOUNDS[rule.bound]
     value = _finite(metrics.get(key))
     if value is None:
-        return RuleResult(rule, key, None, _verdict(rule, False), "metric missing from the report" if key not in metrics else "metric has no finite value")
+        return RuleResult(
+            rule,
+            key,
+            None,
+            _verdict(rule, False),
+            "metric missing from the report" if key not in metrics else "metric has no finite value",
+        )
     if rule.is_regression:
         old = _finite((baseline or {}).get(key))
         if old is None:
             return RuleResult(rule, key, value, _verdict(rule, False), "metric missing from the baseline")
         change = old - value if rule.max_drop is not None else value - old
         limit = rule.max_drop if rule.max_drop is not None else rule.max_increase
-        return RuleResult(rule, key, value, _verdict(rule, change <= limit + 1e-12), f"baseline {old:.6g}, change {change:+.6g}")
+        return RuleResult(
+            rule,
+            key,
+            value,
+            _verdict(rule, change <= limit + 1e-12),
+            f"baseline {old:.6g}, change {change:+.6g}",
+        )
     return RuleResult(rule, key, value, _verdict(rule, OPERATORS[rule.op](value, rule.value)))
 
 
@@ -260,14 +293,34 @@ def gate_section(result: GateResult) -> Section:
     section.add_metric("rules_checked", len(result.results))
     section.add_metric("rules_failed", sum(r.verdict == "fail" for r in result.results))
     section.add_metric("rules_warned", sum(r.verdict == "warn" for r in result.results))
-    section.tables.append(Table("Rules", ["rule", "metric", "value", "threshold", "severity", "verdict", "detail", "rationale"],
-                                [[r.rule.id, r.metric, r.value, r.rule.describe(), r.rule.severity, r.verdict.upper(), r.detail, r.rule.rationale]
-                                 for r in result.results]))
-    section.notes.append(f"policy {result.policy_path} (SHA-256 {result.policy_sha256}); gates fail closed: a missing metric fails")
+    section.tables.append(
+        Table(
+            "Rules",
+            ["rule", "metric", "value", "threshold", "severity", "verdict", "detail", "rationale"],
+            [
+                [
+                    r.rule.id,
+                    r.metric,
+                    r.value,
+                    r.rule.describe(),
+                    r.rule.severity,
+                    r.verdict.upper(),
+                    r.detail,
+                    r.rule.rationale,
+                ]
+                for r in result.results
+            ],
+        )
+    )
+    section.notes.append(
+        f"policy {result.policy_path} (SHA-256 {result.policy_sha256}); gates fail closed: a missing metric fails"
+    )
     return section
 
 
-def gate_report_in_place(report: Report, *, policy_path: str, declared: list[str], baseline: dict[str, Any] | None = None) -> GateResult:
+def gate_report_in_place(
+    report: Report, *, policy_path: str, declared: list[str], baseline: dict[str, Any] | None = None
+) -> GateResult:
     """Evaluate a policy on a report being built and add the gate section to it (``declared``: metric spec names)."""
     rules, digest = load_policy(policy_path)
     check_rule_metrics(rules, policy_path=policy_path, metrics=report.metrics, declared=declared)
@@ -291,9 +344,12 @@ def junit_xml(result: GateResult) -> str:
         elif r.verdict == "warn":
             body = f"<system-out>WARN: {message}</system-out>"
         cases.append(f'  <testcase classname="audit.gate" name="{name}">{body}</testcase>')
-    return ('<?xml version="1.0" encoding="utf-8"?>\n'
-            f'<testsuite name="audit gate" tests="{len(result.results)}" failures="{failures}" errors="0">\n'
-            + "\n".join(cases) + "\n</testsuite>\n")
+    return (
+        '<?xml version="1.0" encoding="utf-8"?>\n'
+        f'<testsuite name="audit gate" tests="{len(result.results)}" failures="{failures}" errors="0">\n'
+        + "\n".join(cases)
+        + "\n</testsuite>\n"
+    )
 
 
 def markdown_summary(result: GateResult) -> str:

@@ -15,13 +15,17 @@ from audit.report import Report, content_digest, read_report, write_atomic
 
 def add_subcommands(sub: Any) -> None:
     """Register gate, metrics, diff and verify on the CLI's subparsers."""
-    gate = sub.add_parser("gate", help="pass/fail a report against a policy (exit 0 pass, 1 fail, 2 bad input)")
+    gate = sub.add_parser(
+        "gate", help="pass/fail a report against a policy (exit 0 pass, 1 fail, 2 bad input)"
+    )
     gate.add_argument("report")
     gate.add_argument("--policy", required=True)
     gate.add_argument("--baseline", help="an older report.json for regression rules")
     gate.add_argument("--junit", help="write JUnit XML here")
     gate.add_argument("--summary", help="write a Markdown summary here (for a pull request)")
-    gate.add_argument("--write-report", action="store_true", help="add the gate section to the report and re-render it")
+    gate.add_argument(
+        "--write-report", action="store_true", help="add the gate section to the report and re-render it"
+    )
     metrics = sub.add_parser("metrics", help="list every metric name and value of a report")
     metrics.add_argument("report")
     metrics.add_argument("--json", action="store_true", help="print JSON")
@@ -42,17 +46,31 @@ def print_gate_table(report: dict[str, Any]) -> None:
     print(f"{'rule':<24} {'metric':<52} {'value':>10}  {'threshold':<28} verdict")
     for rule_id, metric, value, threshold, _sev, verdict, detail, _why in rows:
         shown = "missing" if value is None else f"{value:.4g}"
-        print(f"{rule_id[:24]:<24} {metric[:52]:<52} {shown:>10}  {threshold[:28]:<28} {verdict}{'  (' + detail + ')' if detail else ''}")
+        print(
+            f"{rule_id[:24]:<24} {metric[:52]:<52} {shown:>10}  {threshold[:28]:<28} {verdict}{'  (' + detail + ')' if detail else ''}"
+        )
     print("gate: PASS" if report["metrics"].get("gate.passed") == 1 else "gate: FAIL")
 
 
 def _gate(args: argparse.Namespace, pm: pluggy.PluginManager) -> int:
     from audit.compliance import collect_metric_specs, evidence_from_section, refresh_compliance
-    from audit.gate import check_rule_metrics, evaluate_policy, gate_section, junit_xml, load_policy, markdown_summary
+    from audit.gate import (
+        check_rule_metrics,
+        evaluate_policy,
+        gate_section,
+        junit_xml,
+        load_policy,
+        markdown_summary,
+    )
 
     data = read_report(args.report)
     rules, digest = load_policy(args.policy)
-    check_rule_metrics(rules, policy_path=args.policy, metrics=data["metrics"], declared=[s.name for s in collect_metric_specs(pm)])
+    check_rule_metrics(
+        rules,
+        policy_path=args.policy,
+        metrics=data["metrics"],
+        declared=[s.name for s in collect_metric_specs(pm)],
+    )
     baseline = read_report(args.baseline)["metrics"] if args.baseline else None
     result = evaluate_policy(rules, data["metrics"], baseline=baseline)
     result.policy_path, result.policy_sha256 = args.policy, digest
@@ -87,7 +105,9 @@ def _metrics(args: argparse.Namespace) -> int:
         return 0
     width = max((len(k) for k in data["metrics"]), default=10)
     for name, value in data["metrics"].items():
-        print(f"{name:<{width}}  {'—' if value is None else format(value, '.6g') if isinstance(value, (int, float)) else value}")
+        print(
+            f"{name:<{width}}  {'—' if value is None else format(value, '.6g') if isinstance(value, (int, float)) else value}"
+        )
     return 0
 
 
@@ -102,7 +122,11 @@ def _diff(args: argparse.Namespace) -> int:
             continue
         fa = "—" if a is None else f"{a:.6g}"
         fb = "—" if b is None else f"{b:.6g}"
-        change = f"{b - a:+.6g}" if isinstance(a, (int, float)) and isinstance(b, (int, float)) else ("added" if a is None and name not in old else "removed" if name not in new else "")
+        change = (
+            f"{b - a:+.6g}"
+            if isinstance(a, (int, float)) and isinstance(b, (int, float))
+            else ("added" if a is None and name not in old else "removed" if name not in new else "")
+        )
         print(f"{name:<{width}}  {fa:>12}  {fb:>12}  {change:>12}")
     return 0
 
@@ -111,10 +135,14 @@ def _verify(args: argparse.Namespace) -> int:
     data = read_report(args.report)
     recorded = data.get("content_sha256")
     if not recorded:
-        raise AuditError(f"report {args.report} has no content_sha256; expected a report.json from 'audit train'")
+        raise AuditError(
+            f"report {args.report} has no content_sha256; expected a report.json from 'audit train'"
+        )
     actual = content_digest(data)
     if actual != recorded:
-        print(f"MODIFIED: report {args.report} does not match its content_sha256 (recorded {recorded[:16]}…, now {actual[:16]}…)")
+        print(
+            f"MODIFIED: report {args.report} does not match its content_sha256 (recorded {recorded[:16]}…, now {actual[:16]}…)"
+        )
         return 1
     print(f"OK: report {args.report} matches its content_sha256 {recorded}")
     return 0

@@ -34,25 +34,40 @@ class MLP(nn.Module):
 class SmallCNN(nn.Module):
     """Two or more 3x3 conv blocks (GroupNorm, not BatchNorm, so DP-SGD can use it as is) and a linear head."""
 
-    def __init__(self, *, input_shape: tuple[int, ...], num_classes: int, channels: list[int], dropout: float = 0.0) -> None:
+    def __init__(
+        self, *, input_shape: tuple[int, ...], num_classes: int, channels: list[int], dropout: float = 0.0
+    ) -> None:
         super().__init__()
         in_ch, height, width = input_shape
         blocks: list[nn.Module] = []
         for i, out_ch in enumerate(channels):
-            blocks += [nn.Conv2d(in_ch, out_ch, 3, padding=1), nn.GroupNorm(min(4, out_ch), out_ch), nn.ReLU()]
+            blocks += [
+                nn.Conv2d(in_ch, out_ch, 3, padding=1),
+                nn.GroupNorm(min(4, out_ch), out_ch),
+                nn.ReLU(),
+            ]
             if i < len(channels) - 1 and min(height, width) >= 4:
                 blocks.append(nn.MaxPool2d(2))
                 height, width = height // 2, width // 2
             in_ch = out_ch
         self.features = nn.Sequential(*blocks)
-        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(in_ch * height * width, num_classes))
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Dropout(dropout), nn.Linear(in_ch * height * width, num_classes)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
 
-def model_spec(*, name: str, input_shape: tuple[int, ...], num_classes: int, hidden: list[int],
-               channels: list[int], dropout: float) -> dict[str, Any]:
+def model_spec(
+    *,
+    name: str,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    hidden: list[int],
+    channels: list[int],
+    dropout: float,
+) -> dict[str, Any]:
     """Return the JSON-able recipe that ``build_model`` turns into a module (saved in model.pt)."""
     if name == "auto":
         name = "cnn" if len(input_shape) == 3 else "mlp"
@@ -60,11 +75,29 @@ def model_spec(*, name: str, input_shape: tuple[int, ...], num_classes: int, hid
         width = 1
         for dim in input_shape:
             width *= dim
-        return {"name": "mlp", "kwargs": {"input_dim": width, "num_classes": num_classes, "hidden": list(hidden), "dropout": dropout}}
+        return {
+            "name": "mlp",
+            "kwargs": {
+                "input_dim": width,
+                "num_classes": num_classes,
+                "hidden": list(hidden),
+                "dropout": dropout,
+            },
+        }
     if name == "cnn":
         if len(input_shape) != 3:
-            raise AuditError(f"--model cnn needs image data (C, H, W); this data has input shape {tuple(input_shape)}")
-        return {"name": "cnn", "kwargs": {"input_shape": list(input_shape), "num_classes": num_classes, "channels": list(channels), "dropout": dropout}}
+            raise AuditError(
+                f"--model cnn needs image data (C, H, W); this data has input shape {tuple(input_shape)}"
+            )
+        return {
+            "name": "cnn",
+            "kwargs": {
+                "input_shape": list(input_shape),
+                "num_classes": num_classes,
+                "channels": list(channels),
+                "dropout": dropout,
+            },
+        }
     if ":" in name:
         return {"name": name, "kwargs": {"input_shape": list(input_shape), "num_classes": num_classes}}
     raise AuditError(f"--model {name!r} is unknown; expected auto, mlp, cnn or package.module:factory")
@@ -89,7 +122,9 @@ def _build(spec: dict[str, Any]) -> nn.Module:
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
-        raise AuditError(f"--model {name!r} could not be loaded ({exc}); expected package.module:factory on the Python path") from None
+        raise AuditError(
+            f"--model {name!r} could not be loaded ({exc}); expected package.module:factory on the Python path"
+        ) from None
     accepted = inspect.signature(factory).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
     model = factory(**{k: v for k, v in kwargs.items() if takes_any or k in accepted})

@@ -101,7 +101,9 @@ class Report:
         """Append a section and merge its metrics into the flat map (names must be new and prefixed)."""
         for name, value in section.metrics.items():
             if not name.startswith(section.name + "."):
-                raise ValueError(f"metric {name!r} of section {section.name!r} must start with '{section.name}.'")
+                raise ValueError(
+                    f"metric {name!r} of section {section.name!r} must start with '{section.name}.'"
+                )
             if name in self.metrics:
                 raise ValueError(f"metric {name!r} is produced twice")
             self.metrics[name] = clean_number(value)
@@ -118,8 +120,12 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form, with ``content_sha256`` over everything else."""
-        body = {"schema_version": self.schema_version, "run": self.run, "metrics": self.metrics,
-                "sections": [_clean(dataclasses.asdict(s)) for s in self.sections]}
+        body = {
+            "schema_version": self.schema_version,
+            "run": self.run,
+            "metrics": self.metrics,
+            "sections": [_clean(dataclasses.asdict(s)) for s in self.sections],
+        }
         body = _clean(body)
         body["content_sha256"] = content_digest(body)
         return body
@@ -129,15 +135,21 @@ class Report:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False, allow_nan=False)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Report":
+    def from_dict(cls, data: dict[str, Any]) -> Report:
         """Rebuild from ``to_dict``'s output."""
         sections = []
         for s in data.get("sections", []):
-            figures = [Figure(**{**f, "series": [Series(**se) for se in f["series"]]}) for f in s.get("figures", [])]
+            figures = [
+                Figure(**{**f, "series": [Series(**se) for se in f["series"]]}) for f in s.get("figures", [])
+            ]
             tables = [Table(**t) for t in s.get("tables", [])]
             sections.append(Section(**{**s, "tables": tables, "figures": figures}))
-        return cls(run=data.get("run", {}), metrics=dict(data.get("metrics", {})), sections=sections,
-                   schema_version=data.get("schema_version", SCHEMA_VERSION))
+        return cls(
+            run=data.get("run", {}),
+            metrics=dict(data.get("metrics", {})),
+            sections=sections,
+            schema_version=data.get("schema_version", SCHEMA_VERSION),
+        )
 
 
 INTERVAL_SUFFIXES = (".ci_low", ".ci_high")
@@ -191,7 +203,9 @@ def read_report(path: str) -> dict[str, Any]:
     try:
         data = json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AuditError(f"report {path} is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc}); expected a report.json from 'audit train'") from None
+        raise AuditError(
+            f"report {path} is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc}); expected a report.json from 'audit train'"
+        ) from None
     if not isinstance(data, dict) or "metrics" not in data or not isinstance(data["metrics"], dict):
         raise AuditError(f"report {path} has no 'metrics' map; expected a report.json from 'audit train'")
     return data

@@ -25,8 +25,15 @@ from audit import efficiency
 from audit.compliance import collect_metric_specs, evidence_from_specs, refresh_compliance
 from audit.config import RunConfig
 from audit.data import Dataset, load_dataset
-from audit.engine import (PoissonBatches, ShuffledBatches, TrainingSetup, TrainResult, attach_scheduler,  # noqa: F401
-                          make_optimizer, progress_bar, train)
+from audit.engine import (
+    ShuffledBatches,
+    TrainingSetup,
+    TrainResult,
+    attach_scheduler,  # noqa: F401
+    make_optimizer,
+    progress_bar,
+    train,
+)
 from audit.errors import AuditError
 from audit.evaluation import EvalContext, build_context, performance_section
 from audit.models import build_model, count_parameters, model_spec
@@ -35,7 +42,16 @@ from audit.report import Report, Section, Table, write_atomic
 
 log = logging.getLogger(__name__)
 MODEL_FORMAT = "rai-audit-model/1"
-VERSIONED_PACKAGES = ("rai-audit", "torch", "opacus", "fairlearn", "torchattacks", "scikit-learn", "numpy", "pandas")
+VERSIONED_PACKAGES = (
+    "rai-audit",
+    "torch",
+    "opacus",
+    "fairlearn",
+    "torchattacks",
+    "scikit-learn",
+    "numpy",
+    "pandas",
+)
 
 
 @dataclass
@@ -83,31 +99,56 @@ def default_out_dir(config: RunConfig) -> Path:
 def _criterion(label_smoothing: float):
     def per_sample_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return nn.functional.cross_entropy(logits, target, reduction="none", label_smoothing=label_smoothing)
+
     return per_sample_cross_entropy
 
 
-def build_setup(config: RunConfig, dataset: Dataset, device: torch.device, generator: torch.Generator,
-                spec: dict[str, Any]) -> TrainingSetup:
+def build_setup(
+    config: RunConfig,
+    dataset: Dataset,
+    device: torch.device,
+    generator: torch.Generator,
+    spec: dict[str, Any],
+) -> TrainingSetup:
     """The default training setup, before plugins edit it."""
     config.resolve_defaults(len(dataset.train))
     base = build_model(spec).to(device)
     model = torch.compile(base) if config.compile else base
     return TrainingSetup(
-        config=config, dataset=dataset, base_model=base, model_spec=spec, model=model,
+        config=config,
+        dataset=dataset,
+        base_model=base,
+        model_spec=spec,
+        model=model,
         optimizer=make_optimizer(config, [p for p in base.parameters() if p.requires_grad]),
         criterion=_criterion(config.label_smoothing),
         batch_sampler=ShuffledBatches(num_rows=len(dataset.train), batch_size=config.batch_size),
-        device=device, generator=generator, grad_clip=config.grad_clip, use_amp=device.type == "cuda",
+        device=device,
+        generator=generator,
+        grad_clip=config.grad_clip,
+        use_amp=device.type == "cuda",
     )
 
 
-def train_variant(config: RunConfig, dataset: Dataset, *, device: torch.device | None = None,
-                  sample_weights: torch.Tensor | None = None, progress: bool = False) -> tuple[nn.Module, TrainResult]:
+def train_variant(
+    config: RunConfig,
+    dataset: Dataset,
+    *,
+    device: torch.device | None = None,
+    sample_weights: torch.Tensor | None = None,
+    progress: bool = False,
+) -> tuple[nn.Module, TrainResult]:
     """Train the run's model again with no plugins (a baseline to compare a mitigation against)."""
     device = device or resolve_device(config.device)
     generator = seed_everything(config.seed)
-    spec = model_spec(name=config.model, input_shape=dataset.input_shape, num_classes=dataset.num_classes,
-                      hidden=config.hidden, channels=config.channels, dropout=config.dropout)
+    spec = model_spec(
+        name=config.model,
+        input_shape=dataset.input_shape,
+        num_classes=dataset.num_classes,
+        hidden=config.hidden,
+        channels=config.channels,
+        dropout=config.dropout,
+    )
     setup = build_setup(config, dataset, device, generator, spec)
     setup.sample_weights = sample_weights
     attach_scheduler(setup)
@@ -115,8 +156,9 @@ def train_variant(config: RunConfig, dataset: Dataset, *, device: torch.device |
     return setup.base_model.eval(), result
 
 
-def efficiency_section(model: nn.Module, dataset: Dataset, device: torch.device, config: RunConfig,
-                       result: TrainResult | None) -> Section:
+def efficiency_section(
+    model: nn.Module, dataset: Dataset, device: torch.device, config: RunConfig, result: TrainResult | None
+) -> Section:
     """Training cost, memory, size, FLOPs, latency, and compression when asked."""
     section = Section("efficiency", "Efficiency")
     model.eval()
@@ -145,18 +187,36 @@ def efficiency_section(model: nn.Module, dataset: Dataset, device: torch.device,
             rows, metrics = efficiency.compression_rows(model, x_test, dataset.test.y, config.compress)
             for name, value in metrics.items():
                 section.metrics[name] = value
-            section.tables.append(Table("Compression (CPU, batch 256)", ["model", "size (bytes)", "latency p50 (ms)", "test accuracy"], rows))
-            section.notes.append("prune: 50% of Linear/Conv weights by global magnitude; size counts sparse storage. "
-                                 "quantize: dynamic int8 Linear layers.")
+            section.tables.append(
+                Table(
+                    "Compression (CPU, batch 256)",
+                    ["model", "size (bytes)", "latency p50 (ms)", "test accuracy"],
+                    rows,
+                )
+            )
+            section.notes.append(
+                "prune: 50% of Linear/Conv weights by global magnitude; size counts sparse storage. "
+                "quantize: dynamic int8 Linear layers."
+            )
     section.notes.append(f"device {device}; latency is one forward pass, p50/p95 over repeated runs")
     return section
 
 
-def _checkpoint_bytes(spec: dict[str, Any], model: nn.Module, dataset: Dataset, config: RunConfig,
-                      metadata_: dict[str, Any]) -> bytes:
+def _checkpoint_bytes(
+    spec: dict[str, Any], model: nn.Module, dataset: Dataset, config: RunConfig, metadata_: dict[str, Any]
+) -> bytes:
     buffer = io.BytesIO()
-    torch.save({"format": MODEL_FORMAT, "spec": spec, "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-                "schema": dataset.schema(), "metadata": metadata_, "config": config.to_dict()}, buffer)
+    torch.save(
+        {
+            "format": MODEL_FORMAT,
+            "spec": spec,
+            "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+            "schema": dataset.schema(),
+            "metadata": metadata_,
+            "config": config.to_dict(),
+        },
+        buffer,
+    )
     return buffer.getvalue()
 
 
@@ -168,9 +228,13 @@ def load_checkpoint(path: str) -> dict[str, Any]:
     try:
         checkpoint = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged file
-        raise AuditError(f"model file {path} could not be read ({type(exc).__name__}); expected a model.pt written by 'audit train'") from None
+        raise AuditError(
+            f"model file {path} could not be read ({type(exc).__name__}); expected a model.pt written by 'audit train'"
+        ) from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != MODEL_FORMAT:
-        raise AuditError(f"model file {path} is not a rai-audit model; expected a model.pt written by 'audit train'")
+        raise AuditError(
+            f"model file {path} is not a rai-audit model; expected a model.pt written by 'audit train'"
+        )
     return checkpoint
 
 
@@ -185,24 +249,49 @@ def _collect_sections(pm: pluggy.PluginManager, ctx: EvalContext) -> list[Sectio
     with progress_bar(total=len(impls), desc="audit", unit="plugin", enabled=not ctx.config.quiet) as bar:
         for impl in impls:
             bar.set_postfix_str(impl.plugin_name)
-            only = pm.subset_hook_caller("audit_evaluate", remove_plugins=[i.plugin for i in impls if i is not impl])
+            only = pm.subset_hook_caller(
+                "audit_evaluate", remove_plugins=[i.plugin for i in impls if i is not impl]
+            )
             sections += [s for s in only(ctx=ctx) if s is not None]
             bar.update()
-    return sorted(sections, key=lambda s: ["privacy", "fairness", "robustness"].index(s.name)
-                  if s.name in ("privacy", "fairness", "robustness") else 99)
+    return sorted(
+        sections,
+        key=lambda s: (
+            ["privacy", "fairness", "robustness"].index(s.name)
+            if s.name in ("privacy", "fairness", "robustness")
+            else 99
+        ),
+    )
 
 
-def _run_info(config: RunConfig, dataset: Dataset, device: torch.device, started: dt.datetime) -> dict[str, Any]:
+def _run_info(
+    config: RunConfig, dataset: Dataset, device: torch.device, started: dt.datetime
+) -> dict[str, Any]:
     config_json = json.dumps(config.to_dict(), sort_keys=True, default=str)
     return {
-        "name": default_out_dir(config).name, "command": config.command,
+        "name": default_out_dir(config).name,
+        "command": config.command,
         "command_line": shlex.join(config.command_line) if config.command_line else shlex.join(sys.argv),
-        "seed": config.seed, "device": str(device), "started_at": started.isoformat(timespec="seconds"),
-        "versions": package_versions(), "config": config.to_dict(), "config_sha256": _sha256(config_json.encode()),
-        "data": {"name": dataset.name, "source": config.data, "sha256": dataset.fingerprint, "kind": dataset.kind,
-                 "split": dataset.split_source, "rows": {"train": len(dataset.train), "val": len(dataset.val), "test": len(dataset.test)},
-                 "target": dataset.target, "classes": dataset.classes, "positive_label": dataset.positive_label,
-                 "sensitive": dataset.sensitive, "features": len(dataset.feature_names), "missing_values": dataset.missing_counts},
+        "seed": config.seed,
+        "device": str(device),
+        "started_at": started.isoformat(timespec="seconds"),
+        "versions": package_versions(),
+        "config": config.to_dict(),
+        "config_sha256": _sha256(config_json.encode()),
+        "data": {
+            "name": dataset.name,
+            "source": config.data,
+            "sha256": dataset.fingerprint,
+            "kind": dataset.kind,
+            "split": dataset.split_source,
+            "rows": {"train": len(dataset.train), "val": len(dataset.val), "test": len(dataset.test)},
+            "target": dataset.target,
+            "classes": dataset.classes,
+            "positive_label": dataset.positive_label,
+            "sensitive": dataset.sensitive,
+            "features": len(dataset.feature_names),
+            "missing_values": dataset.missing_counts,
+        },
     }
 
 
@@ -228,19 +317,34 @@ def run_train(config: RunConfig, pm: pluggy.PluginManager) -> RunOutcome:
     dataset = load_dataset(config)
     config.resolve_defaults(len(dataset.train))
     device = resolve_device(config.device)
-    spec = model_spec(name=config.model, input_shape=dataset.input_shape, num_classes=dataset.num_classes,
-                      hidden=config.hidden, channels=config.channels, dropout=config.dropout)
+    spec = model_spec(
+        name=config.model,
+        input_shape=dataset.input_shape,
+        num_classes=dataset.num_classes,
+        hidden=config.hidden,
+        channels=config.channels,
+        dropout=config.dropout,
+    )
     setup = build_setup(config, dataset, device, generator, spec)
     pm.hook.audit_prepare_training(setup=setup)
     attach_scheduler(setup)
-    result = train(setup, after_epoch=lambda state: pm.hook.audit_after_epoch(state=state), progress=not config.quiet)
+    result = train(
+        setup, after_epoch=lambda state: pm.hook.audit_after_epoch(state=state), progress=not config.quiet
+    )
     pm.hook.audit_after_training(setup=setup)
     model = setup.base_model.eval()
     metadata_: dict[str, Any] = {}
     for extra in pm.hook.audit_checkpoint_metadata(setup=setup):
         metadata_.update(extra or {})
-    ctx = build_context(config=config, dataset=dataset, model=model, device=device, training=result,
-                        artifacts=setup.artifacts, checkpoint_metadata=metadata_)
+    ctx = build_context(
+        config=config,
+        dataset=dataset,
+        model=model,
+        device=device,
+        training=result,
+        artifacts=setup.artifacts,
+        checkpoint_metadata=metadata_,
+    )
     model_bytes = _checkpoint_bytes(setup.model_spec, model, dataset, config, metadata_)
     report = Report(run=_run_info(config, dataset, device, started))
     report.run["model_sha256"] = _sha256(model_bytes)
@@ -262,12 +366,16 @@ def run_evaluate(config: RunConfig, pm: pluggy.PluginManager) -> RunOutcome:
     saved = checkpoint.get("config", {})
     if config.data is None:
         if schema.get("name") not in ("adult", "digits"):
-            raise AuditError(f"the model was trained on {schema.get('name')!r}, not on built-in data; pass --data FILE with the rows to audit")
+            raise AuditError(
+                f"the model was trained on {schema.get('name')!r}, not on built-in data; pass --data FILE with the rows to audit"
+            )
         config.data = schema["name"]
     if not config.sensitive:
         config.sensitive = list(schema.get("sensitive", []))
     if config.data in ("adult", "digits") and config.data != schema.get("name"):
-        raise AuditError(f"--data {config.data} does not match the model, which was trained on {schema.get('name')}")
+        raise AuditError(
+            f"--data {config.data} does not match the model, which was trained on {schema.get('name')}"
+        )
     for key in ("val_fraction", "test_fraction"):
         if key in saved:
             setattr(config, key, saved[key])
@@ -279,16 +387,27 @@ def run_evaluate(config: RunConfig, pm: pluggy.PluginManager) -> RunOutcome:
     seed_everything(config.seed)
     dataset = load_dataset(config, schema=schema)
     if list(dataset.input_shape) != list(schema["input_shape"]):
-        raise AuditError(f"data gives inputs of shape {tuple(dataset.input_shape)}; the model expects {tuple(schema['input_shape'])}")
+        raise AuditError(
+            f"data gives inputs of shape {tuple(dataset.input_shape)}; the model expects {tuple(schema['input_shape'])}"
+        )
     device = resolve_device(config.device)
     model = build_model(checkpoint["spec"])
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError:
-        raise AuditError(f"model file {config.model_path} holds weights that do not fit its model recipe; the file is damaged") from None
+        raise AuditError(
+            f"model file {config.model_path} holds weights that do not fit its model recipe; the file is damaged"
+        ) from None
     model = model.to(device).eval()
-    ctx = build_context(config=config, dataset=dataset, model=model, device=device, training=None, artifacts={},
-                        checkpoint_metadata=checkpoint.get("metadata", {}))
+    ctx = build_context(
+        config=config,
+        dataset=dataset,
+        model=model,
+        device=device,
+        training=None,
+        artifacts={},
+        checkpoint_metadata=checkpoint.get("metadata", {}),
+    )
     report = Report(run=_run_info(config, dataset, device, started))
     report.run["model_sha256"] = _sha256(Path(config.model_path).read_bytes())
     report.run["model_path"] = config.model_path
@@ -305,7 +424,9 @@ def check_policy_early(config: RunConfig, pm: pluggy.PluginManager) -> None:
         from audit.gate import check_rule_metrics, load_policy
 
         rules, _ = load_policy(config.policy)
-        check_rule_metrics(rules, policy_path=config.policy, metrics={}, declared=[s.name for s in collect_metric_specs(pm)])
+        check_rule_metrics(
+            rules, policy_path=config.policy, metrics={}, declared=[s.name for s in collect_metric_specs(pm)]
+        )
 
 
 def finalize_report(report: Report, *, pm: pluggy.PluginManager, policy: str | None) -> None:
@@ -321,7 +442,9 @@ def finalize_report(report: Report, *, pm: pluggy.PluginManager, policy: str | N
         refresh_compliance(report, evidence)
 
 
-def _finish(config: RunConfig, report: Report, model_bytes: bytes | None, pm: pluggy.PluginManager) -> RunOutcome:
+def _finish(
+    config: RunConfig, report: Report, model_bytes: bytes | None, pm: pluggy.PluginManager
+) -> RunOutcome:
     out_dir = default_out_dir(config)
     finalize_report(report, pm=pm, policy=config.policy)
     data = write_outputs(out_dir, report, model_bytes)

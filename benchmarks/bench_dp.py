@@ -3,8 +3,8 @@
 import argparse
 
 import torch
-
 from _common import device_line
+
 from audit.config import RunConfig
 from audit.data import load_dataset
 from audit.engine import attach_scheduler, train
@@ -17,7 +17,14 @@ def epoch_time(data, *, dp: bool, epochs: int, batch_size: int, one_pass: bool =
     options = {"dp": True, "noise_multiplier": 1.0, "max_grad_norm": 1.0, "accountant": "rdp"} if dp else {}
     config = RunConfig(epochs=epochs, patience=None, lr=3e-3, batch_size=batch_size, options=options)
     gen = seed_everything(0)
-    spec = model_spec(name="mlp", input_shape=data.input_shape, num_classes=2, hidden=[128, 64], channels=[], dropout=RunConfig().dropout)
+    spec = model_spec(
+        name="mlp",
+        input_shape=data.input_shape,
+        num_classes=2,
+        hidden=[128, 64],
+        channels=[],
+        dropout=RunConfig().dropout,
+    )
     setup = build_setup(config, data, torch.device("cpu"), gen, spec)
     supports = privacy.dp_clipping.supports
     if not one_pass:  # force Opacus' GradSampleModule path, for reference
@@ -43,11 +50,17 @@ def main() -> None:
     for _ in range(args.repeats):  # interleaved, best of each: this machine is noisy
         runs["plain"].append(epoch_time(data, dp=False, epochs=args.epochs, batch_size=args.batch_size))
         runs["private"].append(epoch_time(data, dp=True, epochs=args.epochs, batch_size=args.batch_size))
-    runs["hooks"].append(epoch_time(data, dp=True, epochs=args.epochs, batch_size=args.batch_size, one_pass=False))
+    runs["hooks"].append(
+        epoch_time(data, dp=True, epochs=args.epochs, batch_size=args.batch_size, one_pass=False)
+    )
     plain, private, hooks = (min(v) for v in runs.values())
-    print(f"non-private epoch: {plain:.3f} s; DP-SGD epoch: {private:.3f} s one-pass clipping, {hooks:.3f} s Opacus "
-          f"GradSampleModule (batch {args.batch_size}, MLP 128-64, Adult)")
-    print(f"DP/non-DP epoch time ratio: {private / plain:.2f}x (Opacus GradSampleModule path: {hooks / plain:.1f}x)")
+    print(
+        f"non-private epoch: {plain:.3f} s; DP-SGD epoch: {private:.3f} s one-pass clipping, {hooks:.3f} s Opacus "
+        f"GradSampleModule (batch {args.batch_size}, MLP 128-64, Adult)"
+    )
+    print(
+        f"DP/non-DP epoch time ratio: {private / plain:.2f}x (Opacus GradSampleModule path: {hooks / plain:.1f}x)"
+    )
 
 
 if __name__ == "__main__":

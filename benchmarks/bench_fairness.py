@@ -4,10 +4,10 @@ import argparse
 import time
 
 import numpy as np
+from _common import device_line
 from fairlearn.metrics import MetricFrame, false_positive_rate, selection_rate, true_positive_rate
 from sklearn.metrics import accuracy_score
 
-from _common import device_line
 from audit_plugins.fairness_metrics import audit_groups
 
 
@@ -25,20 +25,43 @@ def main() -> None:
     t0 = time.perf_counter()
     ours = audit_groups(y, p, g, n_boot=1000, seed=0)
     t_ours = time.perf_counter() - t0
-    metrics = {"selection_rate": selection_rate, "tpr": true_positive_rate, "fpr": false_positive_rate, "accuracy": accuracy_score}
+    metrics = {
+        "selection_rate": selection_rate,
+        "tpr": true_positive_rate,
+        "fpr": false_positive_rate,
+        "accuracy": accuracy_score,
+    }
     t0 = time.perf_counter()
     plain = MetricFrame(metrics=metrics, y_true=y, y_pred=p, sensitive_features=g)
     t_plain = time.perf_counter() - t0
     t0 = time.perf_counter()
-    MetricFrame(metrics={"selection_rate": selection_rate}, y_true=y, y_pred=p, sensitive_features=g,
-                n_boot=args.metricframe_boot, ci_quantiles=[0.025, 0.975], random_state=0)
+    MetricFrame(
+        metrics={"selection_rate": selection_rate},
+        y_true=y,
+        y_pred=p,
+        sensitive_features=g,
+        n_boot=args.metricframe_boot,
+        ci_quantiles=[0.025, 0.975],
+        random_state=0,
+    )
     t_boot = time.perf_counter() - t0
-    diff = max(float(np.abs(plain.by_group[name].to_numpy(dtype=float) - ours.rates[key]).max())
-               for name, key in (("selection_rate", "selection_rate"), ("tpr", "tpr"), ("fpr", "fpr"), ("accuracy", "accuracy")))
+    diff = max(
+        float(np.abs(plain.by_group[name].to_numpy(dtype=float) - ours.rates[key]).max())
+        for name, key in (
+            ("selection_rate", "selection_rate"),
+            ("tpr", "tpr"),
+            ("fpr", "fpr"),
+            ("accuracy", "accuracy"),
+        )
+    )
     print(f"{args.rows:,} rows, {args.groups} groups")
     print(f"rai-audit: 4 rates + 8 summaries, 95% intervals from 1,000 resamples: {t_ours:.3f} s")
-    print(f"MetricFrame: 4 rates, no intervals: {t_plain:.2f} s; 1 rate with n_boot={args.metricframe_boot}: {t_boot:.2f} s")
-    print(f"speed-up vs MetricFrame with intervals: {t_boot / t_ours:.0f}x (and {t_plain / t_ours:.0f}x vs no intervals)")
+    print(
+        f"MetricFrame: 4 rates, no intervals: {t_plain:.2f} s; 1 rate with n_boot={args.metricframe_boot}: {t_boot:.2f} s"
+    )
+    print(
+        f"speed-up vs MetricFrame with intervals: {t_boot / t_ours:.0f}x (and {t_plain / t_ours:.0f}x vs no intervals)"
+    )
     print(f"largest difference of point estimates from MetricFrame's: {diff:.2e}")
 
 

@@ -5,8 +5,8 @@ import argparse
 import time
 
 import torch
-
 from _common import device_line
+
 from audit.config import RunConfig
 from audit.data import load_dataset
 from audit.engine import attach_scheduler, train
@@ -17,8 +17,16 @@ from audit_plugins.robustness_attacks import attack_target, clean_pass, independ
 
 CASES = {
     # name: (config, model spec overrides, rows attacked)
-    "digits": (dict(data="digits", epochs=15, patience=None), dict(name="cnn", hidden=[], channels=[16, 32], dropout=0.1), None),
-    "adult": (dict(epochs=5, patience=None), dict(name="mlp", hidden=[64, 64], channels=[], dropout=0.0), 1000),
+    "digits": (
+        dict(data="digits", epochs=15, patience=None),
+        dict(name="cnn", hidden=[], channels=[16, 32], dropout=0.1),
+        None,
+    ),
+    "adult": (
+        dict(epochs=5, patience=None),
+        dict(name="mlp", hidden=[64, 64], channels=[], dropout=0.0),
+        1000,
+    ),
 }
 
 
@@ -33,7 +41,11 @@ def trained_target(case: str):
     attach_scheduler(setup)
     train(setup, progress=False)
     model = setup.base_model.eval()
-    pick = torch.randperm(len(data.test), generator=torch.Generator().manual_seed(1))[:rows] if rows else torch.arange(len(data.test))
+    pick = (
+        torch.randperm(len(data.test), generator=torch.Generator().manual_seed(1))[:rows]
+        if rows
+        else torch.arange(len(data.test))
+    )
     x, y = data.test.x[pick], data.test.y[pick]
     return model, attack_target(model, data, x, perturb_categorical=False), y, DEFAULT_EPS[data.kind]
 
@@ -71,16 +83,26 @@ def run_case(case: str, repeats: int, random_start: bool) -> None:
     clean = float(correct.float().mean())
     # Work any exact sweep must do: a fresh attack on every row still standing at each epsilon.
     standing = [int(correct.sum())] + [int(cascade[e].sum()) for e in eps_list[:-1]]
-    print(f"{case}: {len(y)} test rows, {type(model).__name__}, PGD-10 L-inf, eps {eps_list}, "
-          f"random start {'on' if random_start else 'off'}, clean accuracy {clean:.4f}")
+    print(
+        f"{case}: {len(y)} test rows, {type(model).__name__}, PGD-10 L-inf, eps {eps_list}, "
+        f"random start {'on' if random_start else 'off'}, clean accuracy {clean:.4f}"
+    )
     for eps, stand in zip(eps_list, standing):
-        print(f"  eps {eps:<5} rows standing before it {stand:>5}   independent {float(fresh[eps].float().mean()):.4f}   "
-              f"sweep {float(cascade[eps].float().mean()):.4f}")
+        print(
+            f"  eps {eps:<5} rows standing before it {stand:>5}   independent {float(fresh[eps].float().mean()):.4f}   "
+            f"sweep {float(cascade[eps].float().mean()):.4f}"
+        )
     higher = [e for e in eps_list if cascade[e].float().mean() > fresh[e].float().mean()]
-    print(f"  (row, eps) attacks the cascade must run: {sum(standing):,} of {len(y) * len(eps_list):,} "
-          f"({sum(standing) / (len(y) * len(eps_list)):.2f})")
-    print(f"  independent: {t_fresh:.3f} s, {rows_fresh:,} rows through the model; sweep: {t_cascade:.3f} s, {rows_sweep:,} rows")
-    print(f"  cost ratio sweep/independent: time {t_cascade / t_fresh:.2f}, model rows {rows_sweep / rows_fresh:.2f}")
+    print(
+        f"  (row, eps) attacks the cascade must run: {sum(standing):,} of {len(y) * len(eps_list):,} "
+        f"({sum(standing) / (len(y) * len(eps_list)):.2f})"
+    )
+    print(
+        f"  independent: {t_fresh:.3f} s, {rows_fresh:,} rows through the model; sweep: {t_cascade:.3f} s, {rows_sweep:,} rows"
+    )
+    print(
+        f"  cost ratio sweep/independent: time {t_cascade / t_fresh:.2f}, model rows {rows_sweep / rows_fresh:.2f}"
+    )
     print(f"  epsilons where the sweep reported higher robust accuracy: {higher or 'none'}")
 
 

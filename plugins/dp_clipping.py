@@ -40,14 +40,30 @@ def make_noise_optimizer(optimizer: torch.optim.Optimizer, **kwargs: Any) -> Any
                 return super().add_noise()
             std = getattr(self, "_adjusted_noise_multiplier", self.noise_multiplier) * self.max_grad_norm
             sums = [p.summed_grad for p in self.params]
-            flat = torch.normal(0.0, std, size=(sum(s.numel() for s in sums),), generator=self.generator,
-                                device=sums[0].device, dtype=sums[0].dtype) if std > 0 else None
+            flat = (
+                torch.normal(
+                    0.0,
+                    std,
+                    size=(sum(s.numel() for s in sums),),
+                    generator=self.generator,
+                    device=sums[0].device,
+                    dtype=sums[0].dtype,
+                )
+                if std > 0
+                else None
+            )
             # scale_grad's division folded in (it becomes a no-op below)
-            denom = self.expected_batch_size * self.accumulated_iterations if self.loss_reduction == "mean" else 1
+            denom = (
+                self.expected_batch_size * self.accumulated_iterations if self.loss_reduction == "mean" else 1
+            )
             offset = 0
             for p, summed in zip(self.params, sums):
                 _check_processed_flag(summed)
-                noisy = summed + flat[offset: offset + summed.numel()].view_as(summed) if flat is not None else summed.clone()
+                noisy = (
+                    summed + flat[offset : offset + summed.numel()].view_as(summed)
+                    if flat is not None
+                    else summed.clone()
+                )
                 p.grad = noisy.div_(denom).view_as(p)
                 offset += summed.numel()
                 _mark_as_processed(summed)
@@ -68,7 +84,9 @@ def supports(model: nn.Module, sample: torch.Tensor) -> bool:
     if not trainable or any(id(p) not in owned for p in trainable):
         return False
     calls: list[tuple[nn.Module, int]] = []
-    handles = [m.register_forward_hook(lambda mod, inp, out: calls.append((mod, inp[0].dim()))) for m in linear]
+    handles = [
+        m.register_forward_hook(lambda mod, inp, out: calls.append((mod, inp[0].dim()))) for m in linear
+    ]
     was_training = model.training
     try:
         with torch.no_grad():
@@ -106,15 +124,21 @@ class BookKeepingClipper:
                     p.grad = torch.zeros_like(p)
             self.last_norms = torch.zeros(0)
             return
-        if len(seen) != len(self.layers):  # ``supports`` checked the model's shape; this catches a changed forward
-            raise RuntimeError(f"book-keeping clipping saw {len(seen)} Linear calls in one step; expected {len(self.layers)}")
+        if len(seen) != len(
+            self.layers
+        ):  # ``supports`` checked the model's shape; this catches a changed forward
+            raise RuntimeError(
+                f"book-keeping clipping saw {len(seen)} Linear calls in one step; expected {len(self.layers)}"
+            )
         # Only the gradients at the layers' outputs: autograd skips the (unclipped) weight gradients.
         grads = torch.autograd.grad(loss * batch_size, [out for _, _, out in seen])
         sq_norms = torch.zeros(batch_size, device=loss.device, dtype=torch.float32)
         for (layer, a, _), b in zip(seen, grads):
             b_sq = torch.linalg.vector_norm(b, dim=1, dtype=torch.float32).square_()
             a_sq = torch.linalg.vector_norm(a.detach(), dim=1, dtype=torch.float32).square_()
-            sq_norms += (a_sq.add_(1.0) if layer.bias is not None else a_sq).mul_(b_sq)  # |a|^2|b|^2 (+ |b|^2 for the bias)
+            sq_norms += (a_sq.add_(1.0) if layer.bias is not None else a_sq).mul_(
+                b_sq
+            )  # |a|^2|b|^2 (+ |b|^2 for the bias)
         norms = sq_norms.sqrt()
         factor = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)  # Opacus' own formula
         for (layer, a, _), b in zip(seen, grads):

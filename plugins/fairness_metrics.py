@@ -12,12 +12,21 @@ from dataclasses import dataclass
 import numpy as np
 
 RATES = ("selection_rate", "base_rate", "accuracy", "tpr", "fpr", "fnr", "precision")
-SUMMARIES = ("demographic_parity_difference", "demographic_parity_ratio", "equalized_odds_difference",
-             "equalized_odds_ratio", "equal_opportunity_difference", "equal_opportunity_ratio",
-             "worst_group_accuracy", "accuracy_difference")
+SUMMARIES = (
+    "demographic_parity_difference",
+    "demographic_parity_ratio",
+    "equalized_odds_difference",
+    "equalized_odds_ratio",
+    "equal_opportunity_difference",
+    "equal_opportunity_ratio",
+    "worst_group_accuracy",
+    "accuracy_difference",
+)
 
 
-def confusion_counts(y_true: np.ndarray, y_pred: np.ndarray, group_codes: np.ndarray, n_groups: int) -> np.ndarray:
+def confusion_counts(
+    y_true: np.ndarray, y_pred: np.ndarray, group_codes: np.ndarray, n_groups: int
+) -> np.ndarray:
     """(n_groups, 4) counts of TN, FP, FN, TP per group, from one bincount over all rows."""
     cell = group_codes.astype(np.int64) * 4 + y_true.astype(np.int64) * 2 + y_pred.astype(np.int64)
     return np.bincount(cell, minlength=n_groups * 4).reshape(n_groups, 4).astype(np.float64)
@@ -81,8 +90,15 @@ class GroupAudit:
     summary_ci: dict[str, tuple[float, float]]
 
 
-def audit_groups(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray, *, n_boot: int = 1000,
-                 seed: int = 0, level: float = 0.95) -> GroupAudit:
+def audit_groups(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    groups: np.ndarray,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> GroupAudit:
     """Rates and summaries per group with percentile intervals from ``n_boot`` multinomial resamples of the cells."""
     names, codes = np.unique(np.asarray(groups).astype(str), return_inverse=True)
     counts = confusion_counts(y_true, y_pred, codes, len(names))
@@ -93,7 +109,11 @@ def audit_groups(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray, *, 
     if n_boot > 0:
         total = int(counts.sum())
         rng = np.random.default_rng(seed)
-        draws = rng.multinomial(total, counts.ravel() / total, size=n_boot).reshape(n_boot, *counts.shape).astype(np.float64)
+        draws = (
+            rng.multinomial(total, counts.ravel() / total, size=n_boot)
+            .reshape(n_boot, *counts.shape)
+            .astype(np.float64)
+        )
         boot_rates = group_rates(draws)
         boot_summaries = summaries(boot_rates)
         q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
@@ -121,11 +141,19 @@ class _quiet_nan:
         self._ctx.__exit__(*exc)
 
 
-def reweighing_weights(y: np.ndarray, groups: np.ndarray, *, cell_counts: np.ndarray | None = None) -> np.ndarray:
+def reweighing_weights(
+    y: np.ndarray, groups: np.ndarray, *, cell_counts: np.ndarray | None = None
+) -> np.ndarray:
     """Kamiran-Calders weights w(g, y) = P(g) P(y) / P(g, y) per row (optionally from given (group, class) counts)."""
     names, codes = np.unique(np.asarray(groups).astype(str), return_inverse=True)
     n_classes = int(y.max()) + 1
-    counts = cell_counts if cell_counts is not None else np.bincount(codes * n_classes + y, minlength=len(names) * n_classes).reshape(len(names), n_classes).astype(np.float64)
+    counts = (
+        cell_counts
+        if cell_counts is not None
+        else np.bincount(codes * n_classes + y, minlength=len(names) * n_classes)
+        .reshape(len(names), n_classes)
+        .astype(np.float64)
+    )
     counts = np.maximum(counts, 1e-9)
     total = counts.sum()
     p_joint = counts / total
@@ -137,4 +165,6 @@ def cell_counts(y: np.ndarray, groups: np.ndarray) -> tuple[list[str], np.ndarra
     """(group names, (groups, classes) count matrix) for reweighing."""
     names, codes = np.unique(np.asarray(groups).astype(str), return_inverse=True)
     n_classes = int(y.max()) + 1
-    return list(names), np.bincount(codes * n_classes + y, minlength=len(names) * n_classes).reshape(len(names), n_classes).astype(np.float64)
+    return list(names), np.bincount(codes * n_classes + y, minlength=len(names) * n_classes).reshape(
+        len(names), n_classes
+    ).astype(np.float64)

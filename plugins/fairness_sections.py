@@ -15,7 +15,11 @@ MIN_GROUP_SIZE, BOOTSTRAP = 30, 1000
 
 
 def group_labels(groups: pd.DataFrame, columns: list[str]) -> np.ndarray:
-    return groups[columns].astype(str).agg(INTERSECTION.join, axis=1).to_numpy() if len(groups) else np.array([], dtype=str)
+    return (
+        groups[columns].astype(str).agg(INTERSECTION.join, axis=1).to_numpy()
+        if len(groups)
+        else np.array([], dtype=str)
+    )
 
 
 def _features(sensitive: list[str]) -> list[tuple[str, list[str]]]:
@@ -30,9 +34,13 @@ def _small_groups_warning(feature: str, sizes: dict[Any, int], min_group_size: i
     small = sorted((size, str(group)) for group, size in sizes.items() if size < min_group_size)
     if not small:
         return None
-    shown = ", ".join(f"'{group}' ({size})" for size, group in small[:8]) + (f" and {len(small) - 8} more" if len(small) > 8 else "")
-    return (f"{feature}: {len(small)} group(s) have fewer than {min_group_size} audited rows, so their figures say little: "
-            f"{shown}")
+    shown = ", ".join(f"'{group}' ({size})" for size, group in small[:8]) + (
+        f" and {len(small) - 8} more" if len(small) > 8 else ""
+    )
+    return (
+        f"{feature}: {len(small)} group(s) have fewer than {min_group_size} audited rows, so their figures say little: "
+        f"{shown}"
+    )
 
 
 def _one_group_warning(feature: str, groups: Any, rows: int) -> str:
@@ -41,12 +49,21 @@ def _one_group_warning(feature: str, groups: Any, rows: int) -> str:
     return f"{feature}: only one group ('{only}') among the {rows} audited rows, so its fairness metrics compare nothing and are left out"
 
 
-def group_accuracy_section(y_true: np.ndarray, y_pred: np.ndarray, groups: pd.DataFrame, sensitive: list[str], *,
-                           num_classes: int, min_group_size: int) -> Section:
+def group_accuracy_section(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    groups: pd.DataFrame,
+    sensitive: list[str],
+    *,
+    num_classes: int,
+    min_group_size: int,
+) -> Section:
     """The fairness section for a multiclass target: accuracy per group (exact 95% intervals), the worst group, the gap."""
     section = Section("fairness", "Fairness")
-    section.notes.append(f"selection, TPR and FPR gaps need a binary target; this target has {num_classes} classes, so the "
-                         "section compares accuracy across groups (exact Clopper-Pearson 95% intervals)")
+    section.notes.append(
+        f"selection, TPR and FPR gaps need a binary target; this target has {num_classes} classes, so the "
+        "section compares accuracy across groups (exact Clopper-Pearson 95% intervals)"
+    )
     correct = y_true == y_pred
     for feature, columns in _features(sensitive):
         labels = group_labels(groups, columns)
@@ -61,20 +78,39 @@ def group_accuracy_section(y_true: np.ndarray, y_pred: np.ndarray, groups: pd.Da
             segment = f"{prefix}.group.{metric_segment(group)}"
             section.add_metric(f"{segment}.size", size)
             accuracy = section.add_proportion(f"{segment}.accuracy", hits, size)
-            rows.append([group, size, accuracy, section.metrics[f"fairness.{segment}.accuracy.ci_low"],
-                         section.metrics[f"fairness.{segment}.accuracy.ci_high"]])
+            rows.append(
+                [
+                    group,
+                    size,
+                    accuracy,
+                    section.metrics[f"fairness.{segment}.accuracy.ci_low"],
+                    section.metrics[f"fairness.{segment}.accuracy.ci_high"],
+                ]
+            )
             counts.append((accuracy, hits, size))
         small = _small_groups_warning(feature, {row[0]: row[1] for row in rows}, min_group_size)
         section.warnings += [small] if small else []
         worst = min(counts)
         section.add_proportion(f"{prefix}.worst_group_accuracy", worst[1], worst[2])
         section.add_metric(f"{prefix}.accuracy_difference", max(counts)[0] - worst[0])
-        section.tables.append(Table(f"{feature}: accuracy per group", ["group", "size", "accuracy", "95% low", "95% high"], rows))
+        section.tables.append(
+            Table(
+                f"{feature}: accuracy per group", ["group", "size", "accuracy", "95% low", "95% high"], rows
+            )
+        )
     return section
 
 
-def fairness_section(y_true: np.ndarray, y_pred: np.ndarray, groups: pd.DataFrame, sensitive: list[str], *,
-                     n_boot: int, seed: int, min_group_size: int) -> tuple[Section, dict[str, GroupAudit]]:
+def fairness_section(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    groups: pd.DataFrame,
+    sensitive: list[str],
+    *,
+    n_boot: int,
+    seed: int,
+    min_group_size: int,
+) -> tuple[Section, dict[str, GroupAudit]]:
     """The fairness section for binary labels (1 = positive) and the sensitive features of the same rows."""
     section = Section("fairness", "Fairness")
     audits: dict[str, GroupAudit] = {}
@@ -106,20 +142,40 @@ def fairness_section(y_true: np.ndarray, y_pred: np.ndarray, groups: pd.DataFram
                 else:
                     row.append(round(value, 4) if np.isfinite(value) else None)
             rows.append(row)
-        small = _small_groups_warning(feature, {g: int(n) for g, n in zip(audit.groups, audit.rates["size"])}, min_group_size)
+        small = _small_groups_warning(
+            feature, {g: int(n) for g, n in zip(audit.groups, audit.rates["size"])}, min_group_size
+        )
         section.warnings += [small] if small else []
-        section.tables.append(Table(f"{feature}: per-group rates (95% bootstrap interval)", ["group", "size", *RATES], rows))
+        section.tables.append(
+            Table(f"{feature}: per-group rates (95% bootstrap interval)", ["group", "size", *RATES], rows)
+        )
         if comparable:
-            section.tables.append(Table(f"{feature}: summaries", ["metric", "value", "95% low", "95% high"],
-                                        [[n, audit.summaries[n], *audit.summary_ci.get(n, (None, None))] for n in SUMMARIES]))
+            section.tables.append(
+                Table(
+                    f"{feature}: summaries",
+                    ["metric", "value", "95% low", "95% high"],
+                    [[n, audit.summaries[n], *audit.summary_ci.get(n, (None, None))] for n in SUMMARIES],
+                )
+            )
         bars = []
         for rate in ("selection_rate", "tpr", "fpr"):
             lo_hi = audit.rate_ci.get(rate)
-            bars.append(Series(rate, list(audit.groups), [_f(v) for v in audit.rates[rate]],
-                               [_f(v) for v in lo_hi[0]] if lo_hi else None, [_f(v) for v in lo_hi[1]] if lo_hi else None))
-        section.figures.append(Figure(f"{feature}: rates per group (95% intervals)", "bar", feature, "rate", bars))
-    section.notes.append(f"intervals: percentile bootstrap, {n_boot} multinomial resamples of the per-group confusion counts "
-                         f"(equivalent to resampling rows), seed {seed}; definitions follow Fairlearn's")
+            bars.append(
+                Series(
+                    rate,
+                    list(audit.groups),
+                    [_f(v) for v in audit.rates[rate]],
+                    [_f(v) for v in lo_hi[0]] if lo_hi else None,
+                    [_f(v) for v in lo_hi[1]] if lo_hi else None,
+                )
+            )
+        section.figures.append(
+            Figure(f"{feature}: rates per group (95% intervals)", "bar", feature, "rate", bars)
+        )
+    section.notes.append(
+        f"intervals: percentile bootstrap, {n_boot} multinomial resamples of the per-group confusion counts "
+        f"(equivalent to resampling rows), seed {seed}; definitions follow Fairlearn's"
+    )
     return section, audits
 
 

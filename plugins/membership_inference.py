@@ -40,8 +40,14 @@ def _epsilon_at(tpr: float, fpr: float, delta: float) -> float:
     return max(candidates + [0.0])
 
 
-def epsilon_lower_bound(member_scores: np.ndarray, nonmember_scores: np.ndarray, *, delta: float,
-                        confidence: float = 0.95, seed: int = 0) -> float:
+def epsilon_lower_bound(
+    member_scores: np.ndarray,
+    nonmember_scores: np.ndarray,
+    *,
+    delta: float,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> float:
     """A lower bound on epsilon that holds with ``confidence``: threshold chosen on one half, bounded on the other.
 
     On the held-out half, TPR is replaced by its Clopper-Pearson lower bound and FPR by its upper bound,
@@ -49,8 +55,8 @@ def epsilon_lower_bound(member_scores: np.ndarray, nonmember_scores: np.ndarray,
     """
     rng = np.random.default_rng(seed)
     m, n = rng.permutation(member_scores), rng.permutation(nonmember_scores)
-    m_fit, m_eval = m[: len(m) // 2], m[len(m) // 2:]
-    n_fit, n_eval = n[: len(n) // 2], n[len(n) // 2:]
+    m_fit, m_eval = m[: len(m) // 2], m[len(m) // 2 :]
+    n_fit, n_eval = n[: len(n) // 2], n[len(n) // 2 :]
     thresholds = np.unique(np.quantile(np.concatenate([m_fit, n_fit]), np.linspace(0.0, 1.0, 201)))
     tpr_fit = (m_fit[None, :] >= thresholds[:, None]).mean(1)
     fpr_fit = (n_fit[None, :] >= thresholds[:, None]).mean(1)
@@ -62,25 +68,40 @@ def epsilon_lower_bound(member_scores: np.ndarray, nonmember_scores: np.ndarray,
     tpr_lo, tpr_hi = clopper_pearson(tp, len(m_eval), confidence)
     fpr_lo, fpr_hi = clopper_pearson(fp, len(n_eval), confidence)
     # Both directions of the DP inequality; each uses the conservative side of each interval.
-    return max(_epsilon_at(tpr_lo, fpr_hi, delta), _epsilon_at(1 - tpr_hi, 1 - fpr_lo, delta) if fpr_lo < 1 else 0.0, 0.0)
+    return max(
+        _epsilon_at(tpr_lo, fpr_hi, delta),
+        _epsilon_at(1 - tpr_hi, 1 - fpr_lo, delta) if fpr_lo < 1 else 0.0,
+        0.0,
+    )
 
 
-def run_attack(name: str, member_scores: np.ndarray, nonmember_scores: np.ndarray, *, delta: float, seed: int) -> AttackResult:
+def run_attack(
+    name: str, member_scores: np.ndarray, nonmember_scores: np.ndarray, *, delta: float, seed: int
+) -> AttackResult:
     """AUC, TPR at FPR 1% and 0.1%, and the epsilon lower bound for scores where higher means 'member'."""
     labels = np.concatenate([np.ones(len(member_scores)), np.zeros(len(nonmember_scores))])
     scores = np.concatenate([member_scores, nonmember_scores])
     return AttackResult(
-        name=name, auc=float(roc_auc_score(labels, scores)),
+        name=name,
+        auc=float(roc_auc_score(labels, scores)),
         tpr_at_fpr={f: tpr_at_fpr(labels, scores, f) for f in (0.01, 0.001)},
         epsilon_lower_bound=epsilon_lower_bound(member_scores, nonmember_scores, delta=delta, seed=seed),
-        members=len(member_scores), nonmembers=len(nonmember_scores),
+        members=len(member_scores),
+        nonmembers=len(nonmember_scores),
     )
 
 
-def class_calibrated_scores(losses: np.ndarray, labels: np.ndarray, reference_losses: np.ndarray,
-                            reference_labels: np.ndarray) -> np.ndarray:
+def class_calibrated_scores(
+    losses: np.ndarray, labels: np.ndarray, reference_losses: np.ndarray, reference_labels: np.ndarray
+) -> np.ndarray:
     """Membership scores: how much lower a row's loss is than the typical held-out loss of its class."""
     n_classes = int(max(labels.max(initial=0), reference_labels.max(initial=0))) + 1
-    typical = np.array([np.median(reference_losses[reference_labels == c]) if (reference_labels == c).any()
-                        else np.median(reference_losses) for c in range(n_classes)])
+    typical = np.array(
+        [
+            np.median(reference_losses[reference_labels == c])
+            if (reference_labels == c).any()
+            else np.median(reference_losses)
+            for c in range(n_classes)
+        ]
+    )
     return typical[labels] - losses

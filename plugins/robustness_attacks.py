@@ -26,7 +26,14 @@ class FeatureView(nn.Module):
     about (torchattacks calls ``module(x)`` with nothing else, so the view must hold them).
     """
 
-    def __init__(self, model: nn.Module, index: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, rows: torch.Tensor) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        index: torch.Tensor,
+        lower: torch.Tensor,
+        upper: torch.Tensor,
+        rows: torch.Tensor,
+    ) -> None:
         super().__init__()
         self.model = model
         self.register_buffer("index", index)
@@ -75,21 +82,29 @@ def check_perturbable(dataset: Dataset, *, perturb_categorical: bool) -> torch.T
     mask = torch.ones_like(dataset.perturbable) if perturb_categorical else dataset.perturbable
     index = torch.nonzero(mask).squeeze(1)
     if len(index) == 0:
-        raise AuditError("--robustness: no feature can be perturbed, the data has no numeric columns; "
-                         "expected at least one, or pass --perturb-categorical to move one-hot columns as continuous values")
+        raise AuditError(
+            "--robustness: no feature can be perturbed, the data has no numeric columns; "
+            "expected at least one, or pass --perturb-categorical to move one-hot columns as continuous values"
+        )
     return index
 
 
-def attack_target(model: nn.Module, dataset: Dataset, x: torch.Tensor, *, perturb_categorical: bool) -> AttackTarget:
+def attack_target(
+    model: nn.Module, dataset: Dataset, x: torch.Tensor, *, perturb_categorical: bool
+) -> AttackTarget:
     """Build the [0, 1] attack view for this data: identity for images, a FeatureView for tabular rows."""
     if dataset.kind == "image":
         return AttackTarget(model, x, 1.0, "pixel units in [0, 1]")
     index = check_perturbable(dataset, perturb_categorical=perturb_categorical).to(x.device)
     view = FeatureView(model, index, dataset.lower.to(x.device), dataset.upper.to(x.device), x).to(x.device)
-    return AttackTarget(view, view.to_view(x), view.scale, "standard deviations of each numeric feature (training split)")
+    return AttackTarget(
+        view, view.to_view(x), view.scale, "standard deviations of each numeric feature (training split)"
+    )
 
 
-def make_attack(name: str, module: nn.Module, eps: float, *, steps: int, alpha: float, random_start: bool) -> Any:
+def make_attack(
+    name: str, module: nn.Module, eps: float, *, steps: int, alpha: float, random_start: bool
+) -> Any:
     """A torchattacks attack on ``module`` with epsilon already in its [0, 1] input units."""
     import torchattacks
 
@@ -106,7 +121,9 @@ def correct_mask(module: nn.Module, inputs: torch.Tensor, y: torch.Tensor) -> to
     return module(inputs).argmax(1) == y
 
 
-def clean_pass(target: AttackTarget, y: torch.Tensor, *, with_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+def clean_pass(
+    target: AttackTarget, y: torch.Tensor, *, with_grad: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One forward pass on the clean rows: the correct mask and, if asked, torchattacks' loss gradient there."""
     target.point_at(torch.arange(len(y), device=y.device))
     point = target.inputs.detach().requires_grad_(with_grad)
@@ -132,8 +149,18 @@ def random_start_delta(attack: str, inputs: torch.Tensor, eps: float, *, seed: i
     return torch.empty_like(inputs).uniform_(-eps, eps)
 
 
-def retiring_pgd(attack: str, target: AttackTarget, rows: torch.Tensor, y: torch.Tensor, eps: float, *, steps: int,
-                 alpha: float, start: torch.Tensor | None, clean_grad: torch.Tensor | None) -> torch.Tensor:
+def retiring_pgd(
+    attack: str,
+    target: AttackTarget,
+    rows: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    *,
+    steps: int,
+    alpha: float,
+    start: torch.Tensor | None,
+    clean_grad: torch.Tensor | None,
+) -> torch.Tensor:
     """torchattacks' PGD / PGD-L2 on ``rows`` (all correct when clean), retiring each row once it is misclassified.
 
     Same update as ``torchattacks.PGD.forward`` / ``PGDL2.forward``: cross-entropy, a step of ``alpha * eps``
@@ -147,13 +174,17 @@ def retiring_pgd(attack: str, target: AttackTarget, rows: torch.Tensor, y: torch
     shape = (-1,) + (1,) * (target.inputs.dim() - 1)
     images, labels = target.inputs[rows].detach(), y[rows]
     fooled = torch.zeros(len(rows), dtype=torch.bool, device=y.device)
-    active = torch.arange(len(rows), device=y.device)  # positions in ``rows`` still standing; the tensors are compacted
+    active = torch.arange(
+        len(rows), device=y.device
+    )  # positions in ``rows`` still standing; the tensors are compacted
     if start is not None:
         adv, grad = torch.clamp(images + start, 0, 1), None
     else:
         adv, grad = images.clone(), clean_grad[rows]
     target.point_at(rows)
-    fallen = torch.zeros(len(rows), dtype=torch.bool, device=y.device)  # fooled, still in the batch until the next compaction
+    fallen = torch.zeros(
+        len(rows), dtype=torch.bool, device=y.device
+    )  # fooled, still in the batch until the next compaction
     for step in range(steps + 1):
         if grad is None:
             point = adv.requires_grad_(step < steps)
@@ -168,8 +199,16 @@ def retiring_pgd(attack: str, target: AttackTarget, rows: torch.Tensor, y: torch
             # few rows further, so they go once they are a fair share of the batch.
             if int(fallen.sum()) * COMPACT_SHARE >= len(fallen):
                 keep = ~fallen
-                grad = torch.autograd.grad(nn.functional.cross_entropy(logits[keep], labels[keep]), point)[0][keep]
-                active, images, labels, adv, fallen = active[keep], images[keep], labels[keep], adv[keep], fallen[keep]
+                grad = torch.autograd.grad(nn.functional.cross_entropy(logits[keep], labels[keep]), point)[0][
+                    keep
+                ]
+                active, images, labels, adv, fallen = (
+                    active[keep],
+                    images[keep],
+                    labels[keep],
+                    adv[keep],
+                    fallen[keep],
+                )
                 target.point_at(rows[active])
             else:
                 grad = torch.autograd.grad(nn.functional.cross_entropy(logits, labels), point)[0]
@@ -185,8 +224,18 @@ def retiring_pgd(attack: str, target: AttackTarget, rows: torch.Tensor, y: torch
     return fooled
 
 
-def sweep(target: AttackTarget, y: torch.Tensor, attack: str, eps_list: list[float], *, steps: int, alpha: float,
-          random_start: bool, seed: int, clean: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[float, torch.Tensor]:
+def sweep(
+    target: AttackTarget,
+    y: torch.Tensor,
+    attack: str,
+    eps_list: list[float],
+    *,
+    steps: int,
+    alpha: float,
+    random_start: bool,
+    seed: int,
+    clean: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> dict[float, torch.Tensor]:
     """PGD / PGD-L2 robust-correct mask per epsilon, cascading: a row wrong at a smaller epsilon is wrong at every
     larger one, so each epsilon attacks only the rows still standing, and rows retire as they fall. ``clean`` is a
     ``clean_pass(..., with_grad=True)`` already made on these rows. Returns {eps: mask}.
@@ -202,21 +251,36 @@ def sweep(target: AttackTarget, y: torch.Tensor, attack: str, eps_list: list[flo
         idx = torch.nonzero(alive).squeeze(1)
         if len(idx):
             view_eps = eps / target.eps_scale
-            start = random_start_delta(attack, target.inputs, view_eps, seed=seed)[idx] if random_start else None
-            fooled = retiring_pgd(attack, target, idx, y, view_eps, steps=steps, alpha=alpha, start=start, clean_grad=clean_grad)
+            start = (
+                random_start_delta(attack, target.inputs, view_eps, seed=seed)[idx] if random_start else None
+            )
+            fooled = retiring_pgd(
+                attack, target, idx, y, view_eps, steps=steps, alpha=alpha, start=start, clean_grad=clean_grad
+            )
             alive[idx[fooled]] = False
         masks[eps] = alive.clone()
     return masks
 
 
-def independent(target: AttackTarget, y: torch.Tensor, attack: str, eps_list: list[float], *, steps: int, alpha: float,
-                random_start: bool, seed: int) -> dict[float, torch.Tensor]:
+def independent(
+    target: AttackTarget,
+    y: torch.Tensor,
+    attack: str,
+    eps_list: list[float],
+    *,
+    steps: int,
+    alpha: float,
+    random_start: bool,
+    seed: int,
+) -> dict[float, torch.Tensor]:
     """Robust-correct mask per epsilon with a fresh attack on every row at every epsilon (the usual way)."""
     rows = torch.arange(len(y), device=y.device)
     masks = {}
     for eps in sorted(eps_list):
         torch.manual_seed(seed)
         inputs = target.select(rows)
-        adv = make_attack(attack, target.module, eps / target.eps_scale, steps=steps, alpha=alpha, random_start=random_start)(inputs, y)
+        adv = make_attack(
+            attack, target.module, eps / target.eps_scale, steps=steps, alpha=alpha, random_start=random_start
+        )(inputs, y)
         masks[eps] = correct_mask(target.module, adv, y)
     return masks

@@ -20,10 +20,12 @@ class CliResult:
 @pytest.fixture
 def cli(capsys):
     """Run ``audit ARGS`` through the real entry point; return exit code and captured output."""
+
     def run(*args: str) -> CliResult:
         code = main([str(a) for a in args])
         captured = capsys.readouterr()
         return CliResult(code, captured.out, captured.err)
+
     return run
 
 
@@ -36,7 +38,9 @@ def make_loans(n: int = 600, seed: int = 0) -> pd.DataFrame:
     purpose = rng.choice(["car", "home", "edu"], n)
     logit = 0.08 * (income - 50) + 0.6 * (sex == "M") - 0.5 * (purpose == "edu")
     defaulted = np.where(rng.random(n) < 1 / (1 + np.exp(-logit)), "yes", "no")
-    frame = pd.DataFrame({"income": income, "age": age, "purpose": purpose, "sex": sex, "defaulted": defaulted})
+    frame = pd.DataFrame(
+        {"income": income, "age": age, "purpose": purpose, "sex": sex, "defaulted": defaulted}
+    )
     frame.loc[rng.choice(n, 10, replace=False), "income"] = np.nan
     return frame
 
@@ -61,5 +65,8 @@ def undeclared_metrics(metrics: dict) -> list[str]:
     from audit.report import interval_base
 
     patterns = [s.name for s in collect_metric_specs(get_plugin_manager())]
-    return [name for name in metrics if interval_base(name) is None
-            and not any(fnmatch.fnmatchcase(name, p) for p in patterns)]
+    return [
+        name
+        for name in metrics
+        if interval_base(name) is None and not any(fnmatch.fnmatchcase(name, p) for p in patterns)
+    ]

@@ -8,15 +8,36 @@ import pytest
 
 from tests.conftest import make_loans, read_report
 
-REQUIRED = ["performance.accuracy", "performance.balanced_accuracy", "performance.roc_auc", "efficiency.train_wall_s",
-            "efficiency.train_samples_per_s", "efficiency.peak_rss_mb", "efficiency.params", "efficiency.flops_per_sample",
-            "efficiency.latency_ms_p50"]
+REQUIRED = [
+    "performance.accuracy",
+    "performance.balanced_accuracy",
+    "performance.roc_auc",
+    "efficiency.train_wall_s",
+    "efficiency.train_samples_per_s",
+    "efficiency.peak_rss_mb",
+    "efficiency.params",
+    "efficiency.flops_per_sample",
+    "efficiency.latency_ms_p50",
+]
 
 
 def test_train_on_a_csv_writes_the_report_and_model(cli, loans_csv, tmp_path):
     out = tmp_path / "run"
-    result = cli("train", "--data", loans_csv, "--target", "defaulted", "--sensitive", "sex", "--epochs", "3", "--out", out,
-                 "--compress", "quantize,prune")
+    result = cli(
+        "train",
+        "--data",
+        loans_csv,
+        "--target",
+        "defaulted",
+        "--sensitive",
+        "sex",
+        "--epochs",
+        "3",
+        "--out",
+        out,
+        "--compress",
+        "quantize,prune",
+    )
     assert result.code == 0, result.err
     report = read_report(out)
     for name in REQUIRED:
@@ -24,7 +45,9 @@ def test_train_on_a_csv_writes_the_report_and_model(cli, loans_csv, tmp_path):
     for name in ("model.pt", "report.html", "report.md"):
         assert (out / name).is_file()
     assert report["run"]["data"]["sha256"]
-    assert report["metrics"]["efficiency.quantize.size_bytes"] < report["metrics"]["efficiency.model_size_bytes"]
+    assert (
+        report["metrics"]["efficiency.quantize.size_bytes"] < report["metrics"]["efficiency.model_size_bytes"]
+    )
     assert 0.45 < report["metrics"]["efficiency.prune.sparsity"] < 0.55
     assert not list(out.glob(".*tmp"))
 
@@ -38,7 +61,23 @@ def test_adult_defaults_reach_the_accuracy_bar(cli, tmp_path):
 def test_same_seed_same_metrics(cli, loans_csv, tmp_path):
     reports = []
     for name in ("a", "b"):
-        assert cli("train", "--data", loans_csv, "--target", "defaulted", "--epochs", "2", "--seed", "5", "--out", tmp_path / name, "-q").code == 0
+        assert (
+            cli(
+                "train",
+                "--data",
+                loans_csv,
+                "--target",
+                "defaulted",
+                "--epochs",
+                "2",
+                "--seed",
+                "5",
+                "--out",
+                tmp_path / name,
+                "-q",
+            ).code
+            == 0
+        )
         reports.append(read_report(tmp_path / name)["metrics"])
     assert reports[0]["performance.accuracy"] == reports[1]["performance.accuracy"]
     assert reports[0]["performance.log_loss"] == reports[1]["performance.log_loss"]
@@ -46,7 +85,23 @@ def test_same_seed_same_metrics(cli, loans_csv, tmp_path):
 
 def test_evaluate_a_saved_model_again(cli, loans_csv, tmp_path):
     out = tmp_path / "run"
-    assert cli("train", "--data", loans_csv, "--target", "defaulted", "--sensitive", "sex", "--epochs", "2", "--out", out, "-q").code == 0
+    assert (
+        cli(
+            "train",
+            "--data",
+            loans_csv,
+            "--target",
+            "defaulted",
+            "--sensitive",
+            "sex",
+            "--epochs",
+            "2",
+            "--out",
+            out,
+            "-q",
+        ).code
+        == 0
+    )
     other = tmp_path / "other.csv"
     make_loans(300, seed=9).to_csv(other, index=False)
     result = cli("evaluate", "--model", out / "model.pt", "--data", other, "--out", tmp_path / "eval", "-q")
@@ -59,8 +114,13 @@ def test_evaluate_a_saved_model_again(cli, loans_csv, tmp_path):
 def test_evaluate_builtin_reproduces_the_test_split(cli, tmp_path):
     out = tmp_path / "digits"
     assert cli("train", "--data", "digits", "--epochs", "3", "--out", out, "-q").code == 0
-    assert cli("evaluate", "--model", out / "model.pt", "--out", tmp_path / "eval", "-q").code == 0  # --data defaults to the model's built-in data
-    assert read_report(tmp_path / "eval")["metrics"]["performance.accuracy"] == read_report(out)["metrics"]["performance.accuracy"]
+    assert (
+        cli("evaluate", "--model", out / "model.pt", "--out", tmp_path / "eval", "-q").code == 0
+    )  # --data defaults to the model's built-in data
+    assert (
+        read_report(tmp_path / "eval")["metrics"]["performance.accuracy"]
+        == read_report(out)["metrics"]["performance.accuracy"]
+    )
 
 
 def test_yaml_config_is_read_and_flags_win(cli, loans_csv, tmp_path):
@@ -76,19 +136,29 @@ def test_yaml_values_take_the_flags_forms(cli, tmp_path):
     # a scalar where the flag takes a list, a list where it takes comma-separated text, true for a switch,
     # null for the switch's off form; training-only keys are skipped by evaluate
     config = tmp_path / "run.yaml"
-    config.write_text("data: digits\nepochs: 1\npatience: null\nrobustness: true\nattack: [pgd]\neps: 0.1\n"
-                      "robustness-samples: 40\npgd-steps: 2\n")
+    config.write_text(
+        "data: digits\nepochs: 1\npatience: null\nrobustness: true\nattack: [pgd]\neps: 0.1\n"
+        "robustness-samples: 40\npgd-steps: 2\n"
+    )
     out = tmp_path / "run"
     assert cli("train", "--config", config, "--out", out, "-q").code == 0
     run = read_report(out)["run"]["config"]
     assert run["patience"] is None and run["options"]["eps"] == [0.1] and run["options"]["attack"] == "pgd"
     assert "robustness.pgd.eps_0p1.robust_accuracy" in read_report(out)["metrics"]
-    assert cli("evaluate", "--model", out / "model.pt", "--config", config, "--out", tmp_path / "eval", "-q").code == 0
+    assert (
+        cli(
+            "evaluate", "--model", out / "model.pt", "--config", config, "--out", tmp_path / "eval", "-q"
+        ).code
+        == 0
+    )
 
 
 def test_report_rerenders_from_json(cli, loans_csv, tmp_path):
     out = tmp_path / "run"
-    assert cli("train", "--data", loans_csv, "--target", "defaulted", "--epochs", "1", "--out", out, "-q").code == 0
+    assert (
+        cli("train", "--data", loans_csv, "--target", "defaulted", "--epochs", "1", "--out", out, "-q").code
+        == 0
+    )
     (out / "report.html").unlink()
     assert cli("report", out / "report.json", "--format", "html").code == 0
     assert "performance.accuracy" in (out / "report.html").read_text()
@@ -101,44 +171,78 @@ def test_plugins_lists_the_builtins(cli):
     assert "audit_evaluate" in result.out
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["train", "--data", "nope.csv", "--target", "y"], "does not exist"),
-    (["train", "--data", "{csv}", "--target", "nope"], "no target column 'nope'"),
-    (["train", "--data", "{csv}", "--target", "defaulted", "--sensitive", "race"], "no sensitive column 'race'"),
-    (["train", "--data", "{nan}", "--target", "defaulted"], "missing value"),
-    (["train", "--data", "{single}", "--target", "defaulted", "--sensitive", "sex"], "single value"),
-    (["train", "--data", "{empty}", "--target", "defaulted"], "is empty"),
-    (["train", "--optimizer", "lion"], "--optimizer 'lion' is unknown"),
-    (["train", "--attack", "cw", "--robustness"], "--attack 'cw' is unknown"),
-    (["train", "--epochs", "zero"], "invalid int value"),
-    (["train", "--dp", "--epsilon", "1", "--compile"], "--compile cannot be combined with --dp"),
-    (["train", "--dp"], "exactly one of --epsilon"),
-    (["train", "--epsilon", "2"], "--epsilon only applies with --dp"),
-    (["train", "--max-grad-norm", "2", "--accountant", "prv"], "--max-grad-norm, --accountant only apply with --dp"),
-    (["train", "--mia-samples", "3"], "--mia-samples must be at least 10"),
-    (["train", "--min-group-size", "5"], "--min-group-size only applies with --sensitive"),
-    (["train", "--sensitive", "sex", "--fairness-baseline"], "--fairness-baseline applies only with --fairness reweight"),
-    (["train", "--sensitive", "sex", "--min-group-size", "0"], "--min-group-size must be at least 1"),
-    (["train", "--fairness", "reweight"], "--fairness needs --sensitive"),
-    (["evaluate", "--model", "{corrupt}"], "could not be read"),
-    (["train", "--data", "{csv}"], "--target is required"),
-    (["train", "--config", "{badyaml}"], "unknown"),
-    (["train", "--config", "{wrongtype}"], "argument --epochs: invalid int value: 'ten' (from config file"),
-    (["train", "--eps", "0.1", "--pgd-steps", "3"], "--eps, --pgd-steps only apply with --robustness"),
-    (["evaluate", "--model", "{csvmodel}", "--data", "{csv}", "--sensitive", "sex", "--fairness", "reweight"], "--fairness reweight trains a model"),
-    (["train", "--data", "{catonly}", "--target", "defaulted", "--robustness"], "--robustness: no feature can be perturbed"),
-    (["train", "--momentum", "0.5"], "--momentum only applies with --optimizer sgd or rmsprop"),
-    (["train", "--gamma", "0.3"], "--gamma only applies with --schedule step"),
-    (["train", "--schedule", "cosine", "--epochs", "2", "--warmup-epochs", "2"], "--warmup-epochs must be in [0, --epochs)"),
-    (["train", "--drop-sensitive"], "--drop-sensitive only applies with --sensitive"),
-    (["train", "--weight-decay", "-1"], "--weight-decay must be 0 or more"),
-    (["train", "--hidden", "64,0"], "--hidden sizes must be at least 1, got 64,0"),
-    (["train", "--data", "digits", "--positive-label", "3"], "--positive-label applies to tabular data"),
-    (["evaluate", "--model", "{csvmodel}"], "not on built-in data; pass --data FILE"),
-    (["train", "--robustness", "--eps", "abc"], "expected comma-separated numbers, got 'abc'"),
-    (["train", "--robustness", "--pgd-alpha", "0"], "--pgd-alpha must be a positive fraction of epsilon"),
-    (["train", "--robustness", "--adv-eps", "0.1"], "--adv-eps only applies with --robustness adv-train"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["train", "--data", "nope.csv", "--target", "y"], "does not exist"),
+        (["train", "--data", "{csv}", "--target", "nope"], "no target column 'nope'"),
+        (
+            ["train", "--data", "{csv}", "--target", "defaulted", "--sensitive", "race"],
+            "no sensitive column 'race'",
+        ),
+        (["train", "--data", "{nan}", "--target", "defaulted"], "missing value"),
+        (["train", "--data", "{single}", "--target", "defaulted", "--sensitive", "sex"], "single value"),
+        (["train", "--data", "{empty}", "--target", "defaulted"], "is empty"),
+        (["train", "--optimizer", "lion"], "--optimizer 'lion' is unknown"),
+        (["train", "--attack", "cw", "--robustness"], "--attack 'cw' is unknown"),
+        (["train", "--epochs", "zero"], "invalid int value"),
+        (["train", "--dp", "--epsilon", "1", "--compile"], "--compile cannot be combined with --dp"),
+        (["train", "--dp"], "exactly one of --epsilon"),
+        (["train", "--epsilon", "2"], "--epsilon only applies with --dp"),
+        (
+            ["train", "--max-grad-norm", "2", "--accountant", "prv"],
+            "--max-grad-norm, --accountant only apply with --dp",
+        ),
+        (["train", "--mia-samples", "3"], "--mia-samples must be at least 10"),
+        (["train", "--min-group-size", "5"], "--min-group-size only applies with --sensitive"),
+        (
+            ["train", "--sensitive", "sex", "--fairness-baseline"],
+            "--fairness-baseline applies only with --fairness reweight",
+        ),
+        (["train", "--sensitive", "sex", "--min-group-size", "0"], "--min-group-size must be at least 1"),
+        (["train", "--fairness", "reweight"], "--fairness needs --sensitive"),
+        (["evaluate", "--model", "{corrupt}"], "could not be read"),
+        (["train", "--data", "{csv}"], "--target is required"),
+        (["train", "--config", "{badyaml}"], "unknown"),
+        (
+            ["train", "--config", "{wrongtype}"],
+            "argument --epochs: invalid int value: 'ten' (from config file",
+        ),
+        (["train", "--eps", "0.1", "--pgd-steps", "3"], "--eps, --pgd-steps only apply with --robustness"),
+        (
+            [
+                "evaluate",
+                "--model",
+                "{csvmodel}",
+                "--data",
+                "{csv}",
+                "--sensitive",
+                "sex",
+                "--fairness",
+                "reweight",
+            ],
+            "--fairness reweight trains a model",
+        ),
+        (
+            ["train", "--data", "{catonly}", "--target", "defaulted", "--robustness"],
+            "--robustness: no feature can be perturbed",
+        ),
+        (["train", "--momentum", "0.5"], "--momentum only applies with --optimizer sgd or rmsprop"),
+        (["train", "--gamma", "0.3"], "--gamma only applies with --schedule step"),
+        (
+            ["train", "--schedule", "cosine", "--epochs", "2", "--warmup-epochs", "2"],
+            "--warmup-epochs must be in [0, --epochs)",
+        ),
+        (["train", "--drop-sensitive"], "--drop-sensitive only applies with --sensitive"),
+        (["train", "--weight-decay", "-1"], "--weight-decay must be 0 or more"),
+        (["train", "--hidden", "64,0"], "--hidden sizes must be at least 1, got 64,0"),
+        (["train", "--data", "digits", "--positive-label", "3"], "--positive-label applies to tabular data"),
+        (["evaluate", "--model", "{csvmodel}"], "not on built-in data; pass --data FILE"),
+        (["train", "--robustness", "--eps", "abc"], "expected comma-separated numbers, got 'abc'"),
+        (["train", "--robustness", "--pgd-alpha", "0"], "--pgd-alpha must be a positive fraction of epsilon"),
+        (["train", "--robustness", "--adv-eps", "0.1"], "--adv-eps only applies with --robustness adv-train"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(cli, tmp_path, loans_csv, args, expected):
     paths = {"csv": loans_csv}
     frame = make_loans(50)
@@ -154,13 +258,29 @@ def test_bad_input_is_one_line_and_exit_2(cli, tmp_path, loans_csv, args, expect
     paths["badyaml"].write_text("learning_rate: 3\n")
     paths["csvmodel"] = tmp_path / "csvrun" / "model.pt"
     if "{csvmodel}" in args:
-        assert cli("train", "--data", loans_csv, "--target", "defaulted", "--epochs", "1", "--out", paths["csvmodel"].parent, "-q").code == 0
+        assert (
+            cli(
+                "train",
+                "--data",
+                loans_csv,
+                "--target",
+                "defaulted",
+                "--epochs",
+                "1",
+                "--out",
+                paths["csvmodel"].parent,
+                "-q",
+            ).code
+            == 0
+        )
     paths["catonly"] = tmp_path / "catonly.csv"
     make_loans(200).drop(columns=["income", "age"]).to_csv(paths["catonly"], index=False)
     paths["wrongtype"] = tmp_path / "wrong.yaml"
     paths["wrongtype"].write_text("epochs: ten\n")
     out = tmp_path / "out"
-    argv = [a.format(**paths) for a in args] + ["--out", str(out)] if args[0] in ("train", "evaluate") else args
+    argv = (
+        [a.format(**paths) for a in args] + ["--out", str(out)] if args[0] in ("train", "evaluate") else args
+    )
     result = cli(*argv)
     assert result.code == 2
     lines = result.err.strip().splitlines()
@@ -171,7 +291,18 @@ def test_bad_input_is_one_line_and_exit_2(cli, tmp_path, loans_csv, args, expect
 
 
 def test_console_script_runs_and_progress_is_silenced_by_quiet(tmp_path, loans_csv):
-    args = [sys.executable, "-m", "audit.cli", "train", "--data", str(loans_csv), "--target", "defaulted", "--epochs", "1"]
+    args = [
+        sys.executable,
+        "-m",
+        "audit.cli",
+        "train",
+        "--data",
+        str(loans_csv),
+        "--target",
+        "defaulted",
+        "--epochs",
+        "1",
+    ]
     loud = subprocess.run(args + ["--out", str(tmp_path / "a")], capture_output=True, text=True)
     quiet = subprocess.run(args + ["--out", str(tmp_path / "b"), "--quiet"], capture_output=True, text=True)
     assert loud.returncode == 0 and quiet.returncode == 0
@@ -182,8 +313,22 @@ def test_console_script_runs_and_progress_is_silenced_by_quiet(tmp_path, loans_c
 
 def test_quiet_also_silences_library_warnings(tmp_path):
     # digits' CNN takes Opacus' hook path, whose torch and accountant warnings reach stderr unless filtered
-    args = [sys.executable, "-m", "audit.cli", "train", "--data", "digits", "--epochs", "1", "--dp", "--noise-multiplier", "0.3",
-            "--out", str(tmp_path / "q"), "--quiet"]
+    args = [
+        sys.executable,
+        "-m",
+        "audit.cli",
+        "train",
+        "--data",
+        "digits",
+        "--epochs",
+        "1",
+        "--dp",
+        "--noise-multiplier",
+        "0.3",
+        "--out",
+        str(tmp_path / "q"),
+        "--quiet",
+    ]
     quiet = subprocess.run(args, capture_output=True, text=True)
     assert quiet.returncode == 0, quiet.stderr
     assert quiet.stderr.strip() == "" and quiet.stdout.strip() == ""
@@ -191,8 +336,23 @@ def test_quiet_also_silences_library_warnings(tmp_path):
 
 def test_benign_library_warnings_are_filtered_without_quiet(tmp_path):
     # Opacus' hook path (digits' CNN) and --compress quantize each raise a library warning the user cannot act on
-    args = [sys.executable, "-m", "audit.cli", "train", "--data", "digits", "--epochs", "1", "--dp", "--noise-multiplier", "0.3",
-            "--compress", "quantize", "--out", str(tmp_path / "w")]
+    args = [
+        sys.executable,
+        "-m",
+        "audit.cli",
+        "train",
+        "--data",
+        "digits",
+        "--epochs",
+        "1",
+        "--dp",
+        "--noise-multiplier",
+        "0.3",
+        "--compress",
+        "quantize",
+        "--out",
+        str(tmp_path / "w"),
+    ]
     loud = subprocess.run(args, capture_output=True, text=True)
     assert loud.returncode == 0, loud.stderr
     assert "Warning" not in loud.stderr, loud.stderr

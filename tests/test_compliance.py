@@ -13,14 +13,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 SPECS = [
     MetricSpec("performance.accuracy", True, "fraction", "accuracy", ("EU AI Act Art. 15",)),
-    MetricSpec("fairness.*.demographic_parity_difference", False, "rate", "dpd", ("NIST AI RMF MEASURE 2.11",)),
+    MetricSpec(
+        "fairness.*.demographic_parity_difference", False, "rate", "dpd", ("NIST AI RMF MEASURE 2.11",)
+    ),
     MetricSpec("fairness.*.group.*", None, "rate", "per group", ("NIST AI RMF MEASURE 2.11",)),
     MetricSpec("fairness.*", None, "rate", "any", ()),
 ]
 
 
 def _rules(*rows):
-    return Table("Rules", ["rule", "metric", "value", "threshold", "severity", "verdict", "detail", "rationale"], list(rows))
+    return Table(
+        "Rules",
+        ["rule", "metric", "value", "threshold", "severity", "verdict", "detail", "rationale"],
+        list(rows),
+    )
 
 
 def _rows(section, title):
@@ -35,14 +41,32 @@ def test_exact_spec_wins_and_the_longest_glob_next():
 
 
 def test_clause_verdicts_follow_the_gate_and_missing_clauses_are_named():
-    metrics = {"performance.accuracy": 0.8, "fairness.sex.demographic_parity_difference": 0.2,
-               "fairness.sex.demographic_parity_difference.ci_high": 0.25, "fairness.sex.group.F.size": 10}
+    metrics = {
+        "performance.accuracy": 0.8,
+        "fairness.sex.demographic_parity_difference": 0.2,
+        "fairness.sex.demographic_parity_difference.ci_high": 0.25,
+        "fairness.sex.group.F.size": 10,
+    }
     evidence = evidence_from_specs(metrics, SPECS)
     assert ("NIST AI RMF MEASURE 2.11", "fairness.sex.group.F.size", "detail") in evidence
     assert not any(name.endswith(".ci_high") for _, name, _ in evidence)
-    section = compliance_section(metrics, evidence, _rules(["acc", "performance.accuracy", 0.8, ">= 0.7", "error", "PASS", "", ""],
-                                                           ["dpd", "fairness.sex.demographic_parity_difference.ci_high", 0.25,
-                                                            "<= 0.1", "error", "FAIL", "", ""]))
+    section = compliance_section(
+        metrics,
+        evidence,
+        _rules(
+            ["acc", "performance.accuracy", 0.8, ">= 0.7", "error", "PASS", "", ""],
+            [
+                "dpd",
+                "fairness.sex.demographic_parity_difference.ci_high",
+                0.25,
+                "<= 0.1",
+                "error",
+                "FAIL",
+                "",
+                "",
+            ],
+        ),
+    )
     status = {row[0]: row[5] for row in _rows(section, "Clauses")}
     assert status["EU AI Act Art. 15"] == "PASS"
     assert status["NIST AI RMF MEASURE 2.11"] == "FAIL"  # a verdict on the interval bound maps to its metric
@@ -57,7 +81,9 @@ def test_clause_verdicts_follow_the_gate_and_missing_clauses_are_named():
     assert "MEASURE 2.10" in section.warnings[0] and "Art. 15" not in section.warnings[0]
     ungated = compliance_section(metrics, evidence, None)
     assert {row[0]: row[5] for row in _rows(ungated, "Clauses")}["EU AI Act Art. 15"] == "not gated"
-    warned = compliance_section(metrics, evidence, _rules(["acc", "performance.accuracy", 0.8, ">= 0.9", "warn", "WARN", "", ""]))
+    warned = compliance_section(
+        metrics, evidence, _rules(["acc", "performance.accuracy", 0.8, ">= 0.9", "warn", "WARN", "", ""])
+    )
     assert {row[0]: row[5] for row in _rows(warned, "Clauses")}["EU AI Act Art. 15"] == "WARN"
 
 
@@ -98,24 +124,37 @@ def test_audit_gate_refreshes_the_verdicts_per_clause(cli, tmp_path, run_dir):
     assert cli("gate", report_path, "--policy", policy, "--write-report").code == 1
     clauses, section = _clauses(json.loads(report_path.read_text()))
     assert clauses["EU AI Act Art. 15"][5] == "FAIL" and clauses["NIST AI RMF MEASURE 2.11"][5] == "not gated"
-    assert ["EU AI Act Art. 15", "performance.accuracy", pytest.approx(read_report(run_dir)["metrics"]["performance.accuracy"]),
-            "FAIL (acc)"] in section["tables"][1]["rows"]
-    policy.write_text("rules:\n  - {id: acc, metric: performance.accuracy, op: '>=', value: 0.5}\n"
-                      "  - {id: evidence, metric: compliance.clauses_without_evidence, op: '<=', value: 0}\n")
-    assert cli("gate", report_path, "--policy", policy, "--write-report").code == 1  # MEASURE 2.7 has no evidence
+    assert [
+        "EU AI Act Art. 15",
+        "performance.accuracy",
+        pytest.approx(read_report(run_dir)["metrics"]["performance.accuracy"]),
+        "FAIL (acc)",
+    ] in section["tables"][1]["rows"]
+    policy.write_text(
+        "rules:\n  - {id: acc, metric: performance.accuracy, op: '>=', value: 0.5}\n"
+        "  - {id: evidence, metric: compliance.clauses_without_evidence, op: '<=', value: 0}\n"
+    )
+    assert (
+        cli("gate", report_path, "--policy", policy, "--write-report").code == 1
+    )  # MEASURE 2.7 has no evidence
     clauses, _ = _clauses(json.loads(report_path.read_text()))
     assert clauses["EU AI Act Art. 15"][5] == "PASS"
     assert cli("verify", report_path).code == 0
     card = (tmp_path / "model_card.md").read_text()
-    assert f"| EU AI Act Art. 15 | {clauses['EU AI Act Art. 15'][2]} | PASS |" in card and "Release gate: **FAIL**" in card
+    assert (
+        f"| EU AI Act Art. 15 | {clauses['EU AI Act Art. 15'][2]} | PASS |" in card
+        and "Release gate: **FAIL**" in card
+    )
 
 
 def test_model_card_fills_what_was_measured_and_leaves_judgement_to_a_person(cli, tmp_path, run_dir):
     report = read_report(run_dir)
     card = (run_dir / "model_card.md").read_text()
     m = report["metrics"]
-    assert (f"| `performance.accuracy` | {m['performance.accuracy']:.4g} (95% interval {m['performance.accuracy.ci_low']:.4g} "
-            f"to {m['performance.accuracy.ci_high']:.4g}) |") in card
+    assert (
+        f"| `performance.accuracy` | {m['performance.accuracy']:.4g} (95% interval {m['performance.accuracy.ci_low']:.4g} "
+        f"to {m['performance.accuracy.ci_high']:.4g}) |"
+    ) in card
     assert report["run"]["model_sha256"] in card and report["run"]["data"]["sha256"] in card
     assert "Groups audited: sex" in card and "Trained without differential privacy" in card
     assert card.count("[TO FILL:") >= 5 and "Intended use" in card and "Out-of-scope uses: _[TO FILL" in card
@@ -128,9 +167,39 @@ def test_model_card_fills_what_was_measured_and_leaves_judgement_to_a_person(cli
 def test_every_metric_of_a_full_run_is_declared(cli, tmp_path):
     # gates, compliance evidence and the unknown-metric check all rely on the specs covering every name
     out = tmp_path / "full"
-    assert cli("train", "--sensitive", "sex,race", "--epochs", "1", "--dp", "--epsilon", "3", "--dp-baseline", "--fairness", "reweight",
-               "--fairness-baseline", "--postprocess", "equalized_odds", "--fairness-bootstrap", "20", "--robustness",
-               "--attack", "fgsm,pgd,pgd-l2", "--robustness-samples", "60", "--pgd-steps", "2", "--mia-samples", "300",
-               "--compress", "quantize,prune", "--policy", ROOT / "examples" / "release-policy.yaml", "--out", out, "-q").code in (0, 1)
+    assert cli(
+        "train",
+        "--sensitive",
+        "sex,race",
+        "--epochs",
+        "1",
+        "--dp",
+        "--epsilon",
+        "3",
+        "--dp-baseline",
+        "--fairness",
+        "reweight",
+        "--fairness-baseline",
+        "--postprocess",
+        "equalized_odds",
+        "--fairness-bootstrap",
+        "20",
+        "--robustness",
+        "--attack",
+        "fgsm,pgd,pgd-l2",
+        "--robustness-samples",
+        "60",
+        "--pgd-steps",
+        "2",
+        "--mia-samples",
+        "300",
+        "--compress",
+        "quantize,prune",
+        "--policy",
+        ROOT / "examples" / "release-policy.yaml",
+        "--out",
+        out,
+        "-q",
+    ).code in (0, 1)
     metrics = read_report(out)["metrics"]
     assert len(metrics) > 300 and undeclared_metrics(metrics) == []

@@ -51,13 +51,16 @@ def test_digits_images_are_in_unit_range():
     assert float(data.train.x.min()) >= 0 and float(data.train.x.max()) <= 1
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda f: f.assign(defaulted=f["defaulted"].where(f.index > 2)), "missing value"),
-    (lambda f: f.assign(sex="F"), "single value"),
-    (lambda f: f.drop(columns=["sex"]), "no sensitive column"),
-    (lambda f: f.drop(columns=["defaulted"]), "no target column"),
-    (lambda f: f.head(8), "expected at least 10 rows of every class of 'defaulted'"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda f: f.assign(defaulted=f["defaulted"].where(f.index > 2)), "missing value"),
+        (lambda f: f.assign(sex="F"), "single value"),
+        (lambda f: f.drop(columns=["sex"]), "no sensitive column"),
+        (lambda f: f.drop(columns=["defaulted"]), "no target column"),
+        (lambda f: f.head(8), "expected at least 10 rows of every class of 'defaulted'"),
+    ],
+)
 def test_bad_tables_are_refused(tmp_path, change, message):
     path = tmp_path / "bad.csv"
     change(make_loans()).to_csv(path, index=False)

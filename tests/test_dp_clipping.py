@@ -1,8 +1,6 @@
 """One-pass per-sample clipping agrees with Opacus' GradSampleModule + DPOptimizer, and refuses models it cannot handle."""
 
 import pytest
-
-pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing")
 import torch
 from opacus import GradSampleModule
 from opacus.optimizers import DPOptimizer
@@ -10,21 +8,33 @@ from torch import nn
 
 from audit_plugins.dp_clipping import BookKeepingClipper, supports
 
+pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing")
+
 
 def _mlp(bias: bool = True) -> nn.Module:
     torch.manual_seed(1)
-    return nn.Sequential(nn.Linear(10, 16, bias=bias), nn.ReLU(), nn.Linear(16, 8), nn.Tanh(), nn.Linear(8, 3, bias=bias))
+    return nn.Sequential(
+        nn.Linear(10, 16, bias=bias), nn.ReLU(), nn.Linear(16, 8), nn.Tanh(), nn.Linear(8, 3, bias=bias)
+    )
 
 
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("max_grad_norm", [0.05, 1.0, 100.0])
 def test_clipped_sum_equals_opacus(bias, max_grad_norm):
     gen = torch.Generator().manual_seed(0)
-    x, y, w = torch.randn(64, 10, generator=gen) * 3, torch.randint(0, 3, (64,), generator=gen), torch.rand(64, generator=gen)
+    x, y, w = (
+        torch.randn(64, 10, generator=gen) * 3,
+        torch.randint(0, 3, (64,), generator=gen),
+        torch.rand(64, generator=gen),
+    )
     reference = _mlp(bias)
     opacus_model = GradSampleModule(reference, loss_reduction="mean")
-    optimizer = DPOptimizer(torch.optim.SGD(reference.parameters(), lr=0.1), noise_multiplier=0.0,
-                            max_grad_norm=max_grad_norm, expected_batch_size=64)
+    optimizer = DPOptimizer(
+        torch.optim.SGD(reference.parameters(), lr=0.1),
+        noise_multiplier=0.0,
+        max_grad_norm=max_grad_norm,
+        expected_batch_size=64,
+    )
     optimizer.zero_grad()
     ((nn.functional.cross_entropy(opacus_model(x), y, reduction="none") * w).sum() / 64).backward()
     optimizer.pre_step()  # clip, accumulate, (zero) noise, divide by the expected batch size
@@ -36,13 +46,17 @@ def test_clipped_sum_equals_opacus(bias, max_grad_norm):
     per_sample = torch.stack([g.reshape(64, -1).norm(dim=1) for g in optimizer.grad_samples], 1).norm(dim=1)
     torch.testing.assert_close(clipper.last_norms, per_sample, rtol=1e-4, atol=1e-6)
     clipped = int((per_sample > max_grad_norm).sum())
-    assert clipped == {0.05: 64, 1.0: clipped, 100.0: 0}[max_grad_norm] and (max_grad_norm != 1.0 or 0 < clipped < 64)
+    assert clipped == {0.05: 64, 1.0: clipped, 100.0: 0}[max_grad_norm] and (
+        max_grad_norm != 1.0 or 0 < clipped < 64
+    )
 
 
 def test_an_empty_poisson_batch_gives_zero_gradients():
     model = _mlp()
     clipper = BookKeepingClipper(model, max_grad_norm=1.0)
-    loss = nn.functional.cross_entropy(model(torch.zeros(0, 10)), torch.zeros(0, dtype=torch.long), reduction="sum")
+    loss = nn.functional.cross_entropy(
+        model(torch.zeros(0, 10)), torch.zeros(0, dtype=torch.long), reduction="sum"
+    )
     clipper.backward(loss, 0)
     assert all(p.grad is not None and not p.grad.any() for p in model.parameters())
 
@@ -62,7 +76,9 @@ def test_supports_only_linear_models_called_once_on_flat_inputs():
             return self.layer(self.layer(x))
 
     assert not supports(Shared(), torch.zeros(2, 4))
-    assert not supports(nn.Linear(4, 2), torch.zeros(2, 3, 4))  # a sequence: per-sample norms need the full ghost trick
+    assert not supports(
+        nn.Linear(4, 2), torch.zeros(2, 3, 4)
+    )  # a sequence: per-sample norms need the full ghost trick
     frozen = _mlp()
     frozen[0].requires_grad_(False)
     assert supports(frozen, torch.zeros(2, 10))
@@ -78,16 +94,26 @@ def test_noise_optimizer_matches_opacus_noise_and_averaging():
 
     def stepped(factory, sigma):
         model = _mlp()
-        optimizer = factory(torch.optim.SGD(model.parameters(), lr=1.0), noise_multiplier=sigma, max_grad_norm=2.0,
-                            expected_batch_size=50, loss_reduction="mean", generator=torch.Generator().manual_seed(3))
+        optimizer = factory(
+            torch.optim.SGD(model.parameters(), lr=1.0),
+            noise_multiplier=sigma,
+            max_grad_norm=2.0,
+            expected_batch_size=50,
+            loss_reduction="mean",
+            generator=torch.Generator().manual_seed(3),
+        )
         for p in model.parameters():
             p.grad = torch.full_like(p, 5.0)  # a clipped sum, as the clipper leaves it
         before = [p.detach().clone() for p in model.parameters()]
         optimizer.step()
-        return torch.cat([(b - p.detach()).flatten() for b, p in zip(before, model.parameters())])  # lr 1: the update is the grad
+        return torch.cat(
+            [(b - p.detach()).flatten() for b, p in zip(before, model.parameters())]
+        )  # lr 1: the update is the grad
 
     ours, theirs = stepped(make_noise_optimizer, 0.0), stepped(DPOptimizerFastGradientClipping, 0.0)
     torch.testing.assert_close(ours, theirs)
     torch.testing.assert_close(ours, torch.full_like(ours, 5.0 / 50))
     noisy = stepped(make_noise_optimizer, 4.0) - 5.0 / 50
-    assert abs(float(noisy.mean())) < 0.01 and abs(float(noisy.std()) - 4.0 * 2.0 / 50) < 0.01  # std sigma * C / B
+    assert (
+        abs(float(noisy.mean())) < 0.01 and abs(float(noisy.std()) - 4.0 * 2.0 / 50) < 0.01
+    )  # std sigma * C / B

@@ -13,7 +13,14 @@ from audit.runner import build_setup, seed_everything
 
 def _setup(config, data):
     gen = seed_everything(config.seed)
-    spec = model_spec(name="auto", input_shape=data.input_shape, num_classes=data.num_classes, hidden=[16], channels=[8, 8], dropout=0.0)
+    spec = model_spec(
+        name="auto",
+        input_shape=data.input_shape,
+        num_classes=data.num_classes,
+        hidden=[16],
+        channels=[8, 8],
+        dropout=0.0,
+    )
     setup = build_setup(config, data, torch.device("cpu"), gen, spec)
     attach_scheduler(setup)
     return setup
@@ -39,8 +46,17 @@ def test_same_seed_gives_same_weights(loans_data):
 @pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd", "rmsprop", "adagrad"])
 @pytest.mark.parametrize("schedule", ["none", "step", "cosine", "onecycle"])
 def test_optimizers_and_schedules_learn(loans_data, optimizer, schedule):
-    config = RunConfig(epochs=3, lr=1e-2, batch_size=64, optimizer=optimizer, schedule=schedule, warmup_epochs=0.5,
-                       label_smoothing=0.05, grad_clip=5.0, patience=None)
+    config = RunConfig(
+        epochs=3,
+        lr=1e-2,
+        batch_size=64,
+        optimizer=optimizer,
+        schedule=schedule,
+        warmup_epochs=0.5,
+        label_smoothing=0.05,
+        grad_clip=5.0,
+        patience=None,
+    )
     result = train(_setup(config, loans_data), progress=False)
     assert result.history[-1]["val_accuracy"] > 0.6
     assert len(result.history) == 3

@@ -16,8 +16,32 @@ def test_baseline_is_trained_once_and_shared_by_the_plugins(cli, tmp_path, loans
 
     monkeypatch.setattr(audit.runner, "train_variant", counting)
     out = tmp_path / "run"
-    assert cli("train", "--data", loans_csv, "--target", "defaulted", "--sensitive", "sex", "--epochs", "2", "--dp", "--epsilon", "3",
-               "--dp-baseline", "--fairness", "reweight", "--fairness-baseline", "--out", out, "-q").code == 0
+    assert (
+        cli(
+            "train",
+            "--data",
+            loans_csv,
+            "--target",
+            "defaulted",
+            "--sensitive",
+            "sex",
+            "--epochs",
+            "2",
+            "--dp",
+            "--epsilon",
+            "3",
+            "--dp-baseline",
+            "--fairness",
+            "reweight",
+            "--fairness-baseline",
+            "--out",
+            out,
+            "-q",
+        ).code
+        == 0
+    )
     m = read_report(out)["metrics"]
     assert calls == [False]  # one retraining, silent under --quiet
-    assert m["privacy.baseline_accuracy"] == pytest.approx(m["fairness.mitigation.baseline_accuracy"], abs=1e-6)
+    assert m["privacy.baseline_accuracy"] == pytest.approx(
+        m["fairness.mitigation.baseline_accuracy"], abs=1e-6
+    )

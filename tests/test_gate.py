@@ -23,19 +23,31 @@ def _policy(tmp_path, text):
     return path
 
 
-@pytest.mark.parametrize("rule, expected", [
-    ("- performance.accuracy >= 0.5", 0),
-    ("- performance.accuracy >= 0.99", 1),
-    ("- {metric: performance.accuracy, op: '>=', value: 0.5, bound: lower}", 0),  # the exact 95% interval's lower end
-    ("- {metric: performance.accuracy, op: '>=', value: 0.999, bound: upper}", 1),
-    ("- {metric: fairness.sex.demographic_parity_difference, op: '<=', value: 0.5, bound: upper}", 0),
-    ("- {metric: fairness.sex.demographic_parity_difference, op: '<=', value: 0.0001, bound: upper}", 1),
-    ("- {metric: 'fairness.*.equalized_odds_difference', op: '<=', value: 1.0}", 0),
-    ("- {metric: 'fairness.*.equalized_odds_difference', op: '<=', value: 0.0}", 1),
-    ("- {metric: 'fairness.nobody.*', op: '<=', value: 1.0}", 1),  # a declared family with no match here fails closed
-    ("- {metric: privacy.epsilon, op: '<=', value: 3}", 1),  # no DP in this run: missing metric fails closed
-    ("- {metric: privacy.epsilon, op: '<=', value: 3, severity: warn}", 0),
-])
+@pytest.mark.parametrize(
+    "rule, expected",
+    [
+        ("- performance.accuracy >= 0.5", 0),
+        ("- performance.accuracy >= 0.99", 1),
+        (
+            "- {metric: performance.accuracy, op: '>=', value: 0.5, bound: lower}",
+            0,
+        ),  # the exact 95% interval's lower end
+        ("- {metric: performance.accuracy, op: '>=', value: 0.999, bound: upper}", 1),
+        ("- {metric: fairness.sex.demographic_parity_difference, op: '<=', value: 0.5, bound: upper}", 0),
+        ("- {metric: fairness.sex.demographic_parity_difference, op: '<=', value: 0.0001, bound: upper}", 1),
+        ("- {metric: 'fairness.*.equalized_odds_difference', op: '<=', value: 1.0}", 0),
+        ("- {metric: 'fairness.*.equalized_odds_difference', op: '<=', value: 0.0}", 1),
+        (
+            "- {metric: 'fairness.nobody.*', op: '<=', value: 1.0}",
+            1,
+        ),  # a declared family with no match here fails closed
+        (
+            "- {metric: privacy.epsilon, op: '<=', value: 3}",
+            1,
+        ),  # no DP in this run: missing metric fails closed
+        ("- {metric: privacy.epsilon, op: '<=', value: 3, severity: warn}", 0),
+    ],
+)
 def test_rule_kinds(cli, tmp_path, report_path, rule, expected):
     result = cli("gate", report_path, "--policy", _policy(tmp_path, f"rules:\n  {rule}\n"))
     assert result.code == expected, result.out + result.err
@@ -49,7 +61,9 @@ def test_regression_against_a_baseline(cli, tmp_path, report_path):
     baseline.write_text(json.dumps(json.loads(report_path.read_text())))
     new = tmp_path / "new.json"
     new.write_text(json.dumps(worse))
-    policy = _policy(tmp_path, "rules:\n  - {id: acc-regression, metric: performance.accuracy, max_drop: 0.01}\n")
+    policy = _policy(
+        tmp_path, "rules:\n  - {id: acc-regression, metric: performance.accuracy, max_drop: 0.01}\n"
+    )
     assert cli("gate", report_path, "--policy", policy, "--baseline", baseline).code == 0
     assert cli("gate", new, "--policy", policy, "--baseline", baseline).code == 1
     missing = cli("gate", new, "--policy", policy)
@@ -57,7 +71,10 @@ def test_regression_against_a_baseline(cli, tmp_path, report_path):
 
 
 def test_junit_and_summary(cli, tmp_path, report_path):
-    policy = _policy(tmp_path, "rules:\n  - performance.accuracy >= 0.5\n  - {id: strict, metric: performance.roc_auc, op: '>=', value: 0.999}\n")
+    policy = _policy(
+        tmp_path,
+        "rules:\n  - performance.accuracy >= 0.5\n  - {id: strict, metric: performance.roc_auc, op: '>=', value: 0.999}\n",
+    )
     junit, summary = tmp_path / "gate.xml", tmp_path / "gate.md"
     assert cli("gate", report_path, "--policy", policy, "--junit", junit, "--summary", summary).code == 1
     root = ET.parse(junit).getroot()
@@ -67,20 +84,28 @@ def test_junit_and_summary(cli, tmp_path, report_path):
     assert "Release gate failed" in summary.read_text()
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("rules:\n  - performance.accuracy >= 0.5\n  - {metric: performance.accuracy, op: '=>', value: 1}\n", "line 3"),
-    ("rules:\n  - {metric: performance.accuracy, op: '>=', value: high}\n", "value must be a number"),
-    ("rules: [\n", "not valid YAML"),
-    ("rules: []\n", "non-empty list"),
-    ("rules:\n  - {metric: a, op: '>=', value: 1, colour: red}\n", "unknown key"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (
+            "rules:\n  - performance.accuracy >= 0.5\n  - {metric: performance.accuracy, op: '=>', value: 1}\n",
+            "line 3",
+        ),
+        ("rules:\n  - {metric: performance.accuracy, op: '>=', value: high}\n", "value must be a number"),
+        ("rules: [\n", "not valid YAML"),
+        ("rules: []\n", "non-empty list"),
+        ("rules:\n  - {metric: a, op: '>=', value: 1, colour: red}\n", "unknown key"),
+    ],
+)
 def test_malformed_policy_exits_2(cli, tmp_path, report_path, text, expected):
     result = cli("gate", report_path, "--policy", _policy(tmp_path, text))
     assert result.code == 2
     assert expected in result.err and len(result.err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("metric, nearest", [("performance.acuracy", "nearest: performance.accuracy"), ("nothing.*.matches", "")])
+@pytest.mark.parametrize(
+    "metric, nearest", [("performance.acuracy", "nearest: performance.accuracy"), ("nothing.*.matches", "")]
+)
 def test_a_metric_no_plugin_declares_is_bad_input(cli, tmp_path, report_path, metric, nearest):
     # a typo must not read as "this run lacked the metric": exit 2 names it, before any training time is spent
     policy = _policy(tmp_path, f"rules:\n  - {{id: typo, metric: '{metric}', op: '>=', value: 0.5}}\n")
@@ -115,11 +140,17 @@ def test_metrics_diff_and_verify(cli, tmp_path, report_path):
     assert "performance.accuracy" in diff.out and "efficiency.params" not in diff.out
 
 
-@pytest.mark.parametrize("a, b, overlap", [
-    ("fairness.nobody.*", "fairness.*.group.*", True), ("nothing.*.matches", "fairness.*.group.*", False),
-    ("performance.acuracy", "performance.accuracy", False), ("robustness.pgd.eps_*.robust_accuracy", "robustness.*.eps_*.robust_accuracy", True),
-    ("a*c", "b*", False), ("a?c", "abc", True),
-])
+@pytest.mark.parametrize(
+    "a, b, overlap",
+    [
+        ("fairness.nobody.*", "fairness.*.group.*", True),
+        ("nothing.*.matches", "fairness.*.group.*", False),
+        ("performance.acuracy", "performance.accuracy", False),
+        ("robustness.pgd.eps_*.robust_accuracy", "robustness.*.eps_*.robust_accuracy", True),
+        ("a*c", "b*", False),
+        ("a?c", "abc", True),
+    ],
+)
 def test_globs_overlap_when_some_name_matches_both(a, b, overlap):
     from audit.gate import globs_overlap
 

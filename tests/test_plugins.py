@@ -8,7 +8,7 @@ import textwrap
 
 from audit.plugins import get_plugin_manager
 
-PLUGIN = textwrap.dedent('''
+PLUGIN = textwrap.dedent("""
     from audit import hookimpl
     from audit.report import MetricSpec, Section
 
@@ -25,7 +25,7 @@ PLUGIN = textwrap.dedent('''
     @hookimpl
     def audit_after_epoch(state):
         return {"carbon_epoch_seen": float(state.epoch)}
-''')
+""")
 
 
 def _install_third_party(tmp_path):
@@ -37,9 +37,29 @@ def _install_third_party(tmp_path):
 
 
 def _run(tmp_path, extra_env):
-    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", **extra_env}
-    return subprocess.run([sys.executable, "-m", "audit.cli", "train", "--data", "digits", "--epochs", "1", "--quiet",
-                           "--out", str(tmp_path / "run")], capture_output=True, text=True, env=env)
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        **extra_env,
+    }
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "audit.cli",
+            "train",
+            "--data",
+            "digits",
+            "--epochs",
+            "1",
+            "--quiet",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
 
 
 def test_third_party_plugin_section_appears(tmp_path):

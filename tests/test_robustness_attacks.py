@@ -11,10 +11,19 @@ from audit_plugins.robustness_attacks import FeatureView, attack_target, indepen
 EPS = [0.05, 0.1, 0.2, 0.3]
 
 
-@pytest.mark.parametrize("data_name, attack, eps_list, random_start", [
-    ("digits", "pgd", EPS, False), ("digits", "pgd-l2", [0.5, 1.0, 2.0, 3.0], False), ("adult", "pgd", [0.1, 0.25, 0.5, 1.0], False),
-    ("digits", "pgd", EPS, True), ("digits", "pgd-l2", [0.5, 1.0, 2.0, 3.0], True)])
-def test_sweep_never_reports_more_than_independent_torchattacks(tmp_path, cli, data_name, attack, eps_list, random_start):
+@pytest.mark.parametrize(
+    "data_name, attack, eps_list, random_start",
+    [
+        ("digits", "pgd", EPS, False),
+        ("digits", "pgd-l2", [0.5, 1.0, 2.0, 3.0], False),
+        ("adult", "pgd", [0.1, 0.25, 0.5, 1.0], False),
+        ("digits", "pgd", EPS, True),
+        ("digits", "pgd-l2", [0.5, 1.0, 2.0, 3.0], True),
+    ],
+)
+def test_sweep_never_reports_more_than_independent_torchattacks(
+    tmp_path, cli, data_name, attack, eps_list, random_start
+):
     out = tmp_path / "d"
     assert cli("train", "--data", data_name, "--epochs", "3", "--out", out, "-q").code == 0
     from audit.models import build_model
@@ -26,15 +35,23 @@ def test_sweep_never_reports_more_than_independent_torchattacks(tmp_path, cli, d
     data = load_dataset(RunConfig(data=data_name))
     x, y = data.test.x[:300], data.test.y[:300]
     target = attack_target(model.eval(), data, x, perturb_categorical=False)
-    kw = dict(steps=10, alpha=0.25, random_start=random_start, seed=0)  # a random start is drawn as torchattacks draws it
+    kw = dict(
+        steps=10, alpha=0.25, random_start=random_start, seed=0
+    )  # a random start is drawn as torchattacks draws it
     cascade, fresh = sweep(target, y, attack, eps_list, **kw), independent(target, y, attack, eps_list, **kw)
-    assert fresh[eps_list[0]].any() and not fresh[eps_list[-1]].all()  # the attack does something, and not everything
+    assert (
+        fresh[eps_list[0]].any() and not fresh[eps_list[-1]].all()
+    )  # the attack does something, and not everything
     # torchattacks' own verdicts on a few tabular rows flip with the batch they are attacked in (the sign step
     # amplifies float rounding of near-zero gradients); image rows agree exactly.
     slack = 0 if data_name == "digits" else int(0.02 * len(y))
     for eps in eps_list:
-        assert int((cascade[eps] & ~fresh[eps]).sum()) <= slack  # rows torchattacks fools, the sweep fools too
-        assert cascade[eps].float().mean() >= fresh[eps].float().mean() - 0.02  # and it is not a weaker evaluation either
+        assert (
+            int((cascade[eps] & ~fresh[eps]).sum()) <= slack
+        )  # rows torchattacks fools, the sweep fools too
+        assert (
+            cascade[eps].float().mean() >= fresh[eps].float().mean() - 0.02
+        )  # and it is not a weaker evaluation either
 
 
 def test_tabular_view_moves_only_numeric_features_within_range():
@@ -49,16 +66,22 @@ def test_tabular_view_moves_only_numeric_features_within_range():
     assert float(u.min()) >= 0 and float(u.max()) <= 1
     back = view.to_input(u)
     numeric = data.perturbable
-    assert torch.allclose(back[:, numeric], x[:, numeric].clamp(data.lower[numeric], data.upper[numeric]), atol=1e-5)
+    assert torch.allclose(
+        back[:, numeric], x[:, numeric].clamp(data.lower[numeric], data.upper[numeric]), atol=1e-5
+    )
     import torchattacks
 
     adv = torchattacks.PGD(view, eps=1.0, alpha=0.25, steps=5)(u, data.test.y[:64])
     target.select(rows)
     moved = view.to_input(adv)
     assert torch.equal(moved[:, ~numeric], x[:, ~numeric])  # one-hot columns untouched
-    assert (moved[:, numeric] >= data.lower[numeric] - 1e-5).all() and (moved[:, numeric] <= data.upper[numeric] + 1e-5).all()
+    assert (moved[:, numeric] >= data.lower[numeric] - 1e-5).all() and (
+        moved[:, numeric] <= data.upper[numeric] + 1e-5
+    ).all()
     # epsilon in the view times the common scale is epsilon in standardised units
     eps_std = 0.1
-    adv_small = torchattacks.PGD(view, eps=eps_std / view.scale, alpha=0.25 * eps_std / view.scale, steps=5)(u, data.test.y[:64])
+    adv_small = torchattacks.PGD(view, eps=eps_std / view.scale, alpha=0.25 * eps_std / view.scale, steps=5)(
+        u, data.test.y[:64]
+    )
     target.select(rows)
     assert float((view.to_input(adv_small) - back).abs().max()) <= eps_std + 1e-4

@@ -11,19 +11,35 @@ import numpy as np
 import pandas as pd
 
 ADULT_COLUMNS = [
-    "age", "workclass", "fnlwgt", "education", "education-num", "marital-status",
-    "occupation", "relationship", "race", "sex", "capital-gain", "capital-loss",
-    "hours-per-week", "native-country", "income",
+    "age",
+    "workclass",
+    "fnlwgt",
+    "education",
+    "education-num",
+    "marital-status",
+    "occupation",
+    "relationship",
+    "race",
+    "sex",
+    "capital-gain",
+    "capital-loss",
+    "hours-per-week",
+    "native-country",
+    "income",
 ]
 BUILTIN = ("adult", "digits")
 
 
-def _read_adult_file(name: str, sha: "hashlib._Hash") -> pd.DataFrame:
+def _read_adult_file(name: str, sha: hashlib._Hash) -> pd.DataFrame:
     raw = gzip.decompress(resources.files(__package__).joinpath(f"{name}.gz").read_bytes())
     sha.update(raw)
     frame = pd.read_csv(
-        io.BytesIO(raw), header=None, names=ADULT_COLUMNS, skipinitialspace=True,
-        na_values=["?"], comment="|",  # adult.test opens with a '|1x3 Cross validator' line
+        io.BytesIO(raw),
+        header=None,
+        names=ADULT_COLUMNS,
+        skipinitialspace=True,
+        na_values=["?"],
+        comment="|",  # adult.test opens with a '|1x3 Cross validator' line
     )
     frame = frame.dropna(how="all")
     frame["income"] = frame["income"].str.rstrip(".")

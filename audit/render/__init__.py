@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from audit.render.html import render_html
 from audit.render.markdown import render_markdown
@@ -17,7 +18,9 @@ RENDERINGS: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
 }
 
 
-def render_beside(report: dict[str, Any], report_path: Path, formats: list[str] | None = None) -> dict[str, tuple[Path, str]]:
+def render_beside(
+    report: dict[str, Any], report_path: Path, formats: list[str] | None = None
+) -> dict[str, tuple[Path, str]]:
     """Renderings of ``report`` by format: (the file it belongs in next to ``report_path``, its text)."""
     files = {}
     for fmt in formats or list(RENDERINGS):

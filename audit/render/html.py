@@ -9,7 +9,9 @@ import jinja2
 from audit.render.svg import render_figure
 from audit.report import interval_base
 
-_ENV = jinja2.Environment(loader=jinja2.PackageLoader("audit.render", ""), autoescape=jinja2.select_autoescape(["html", "j2"]))
+_ENV = jinja2.Environment(
+    loader=jinja2.PackageLoader("audit.render", ""), autoescape=jinja2.select_autoescape(["html", "j2"])
+)
 
 
 def format_value(value: Any) -> str:
@@ -39,9 +41,13 @@ def cell_class(value: Any) -> str:
 
 def provenance_rows(run: dict[str, Any]) -> list[tuple[str, str]]:
     """Flatten the checkable facts of ``run`` into (name, value) rows."""
-    rows = [("data SHA-256", run.get("data", {}).get("sha256", "")), ("model SHA-256", run.get("model_sha256", "")),
-            ("config SHA-256", run.get("config_sha256", "")), ("seed", run.get("seed", "")),
-            ("command line", run.get("command_line", ""))]
+    rows = [
+        ("data SHA-256", run.get("data", {}).get("sha256", "")),
+        ("model SHA-256", run.get("model_sha256", "")),
+        ("config SHA-256", run.get("config_sha256", "")),
+        ("seed", run.get("seed", "")),
+        ("command line", run.get("command_line", "")),
+    ]
     if run.get("policy_sha256"):
         rows.append(("policy SHA-256", run["policy_sha256"]))
     rows += [(f"version: {k}", v) for k, v in sorted(run.get("versions", {}).items())]
@@ -60,9 +66,20 @@ def metric_rows(metrics: dict[str, Any]) -> list[tuple[str, Any, Any, Any]]:
 
 def render_html(report: dict[str, Any]) -> str:
     """Return the report page for a report dict (as read from report.json)."""
-    sections = [dict(s, figures=s.get("figures", []), tables=s.get("tables", [])) for s in report.get("sections", [])]
+    sections = [
+        dict(s, figures=s.get("figures", []), tables=s.get("tables", [])) for s in report.get("sections", [])
+    ]
     gate = next((s for s in sections if s["name"] == "gate"), None)
     gate_info = {"passed": report["metrics"].get("gate.passed") == 1} if gate else None
     return _ENV.get_template("report.html.j2").render(
-        run=report.get("run", {}), metric_rows=metric_rows(report["metrics"]), sections=sections, fmt=format_value, svg=render_figure, cell_class=cell_class, long_table=LONG_TABLE_ROWS,
-        provenance=provenance_rows(report.get("run", {})), content_sha256=report.get("content_sha256", ""), gate=gate_info)
+        run=report.get("run", {}),
+        metric_rows=metric_rows(report["metrics"]),
+        sections=sections,
+        fmt=format_value,
+        svg=render_figure,
+        cell_class=cell_class,
+        long_table=LONG_TABLE_ROWS,
+        provenance=provenance_rows(report.get("run", {})),
+        content_sha256=report.get("content_sha256", ""),
+        gate=gate_info,
+    )

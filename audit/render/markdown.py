@@ -16,12 +16,28 @@ def _table(columns: list[str], rows: list[list[Any]]) -> list[str]:
 def render_markdown(report: dict[str, Any]) -> str:
     """Return the report as Markdown: metrics, then each section's warnings, notes and tables."""
     run = report.get("run", {})
-    lines = ["# rai-audit report", "",
-             f"Data `{run.get('data', {}).get('name', '?')}`, seed {run.get('seed')}, device {run.get('device')}, "
-             f"started {run.get('started_at')}.", "", f"Command: `{run.get('command_line', '')}`", "", "## Metrics", ""]
-    lines += _table(["metric", "value", "95% interval"],
-                    [[name, value, "" if low is None and high is None else f"{format_value(low)} to {format_value(high)}"]
-                     for name, value, low, high in metric_rows(report["metrics"])])
+    lines = [
+        "# rai-audit report",
+        "",
+        f"Data `{run.get('data', {}).get('name', '?')}`, seed {run.get('seed')}, device {run.get('device')}, "
+        f"started {run.get('started_at')}.",
+        "",
+        f"Command: `{run.get('command_line', '')}`",
+        "",
+        "## Metrics",
+        "",
+    ]
+    lines += _table(
+        ["metric", "value", "95% interval"],
+        [
+            [
+                name,
+                value,
+                "" if low is None and high is None else f"{format_value(low)} to {format_value(high)}",
+            ]
+            for name, value, low, high in metric_rows(report["metrics"])
+        ],
+    )
     for s in report.get("sections", []):
         lines += ["", f"## {s['title']}", ""]
         lines += [f"> **Warning:** {w}" for w in s.get("warnings", [])]

@@ -28,6 +28,7 @@ def render_figure(figure: dict[str, Any]) -> str:
     categorical = figure["kind"] == "bar" or any(isinstance(x, str) for s in series for x in s["x"])
     xs_all = list(dict.fromkeys(x for s in series for x in s["x"]))
     if categorical:
+
         def x_pos(x: Any) -> float:
             return PAD_L + plot_w * (xs_all.index(x) + 0.5) / len(xs_all)
     else:
@@ -40,17 +41,27 @@ def render_figure(figure: dict[str, Any]) -> str:
     def y_pos(y: float) -> float:
         return PAD_T + plot_h * (1 - (y - y_lo) / (y_hi - y_lo))
 
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" role="img" aria-label="{escape(figure["title"])}">',
-             f'<text x="{WIDTH / 2}" y="18" text-anchor="middle" font-weight="bold">{escape(figure["title"])}</text>',
-             f'<line x1="{PAD_L}" y1="{PAD_T + plot_h}" x2="{PAD_L + plot_w}" y2="{PAD_T + plot_h}" stroke="#333"/>',
-             f'<line x1="{PAD_L}" y1="{PAD_T}" x2="{PAD_L}" y2="{PAD_T + plot_h}" stroke="#333"/>']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" role="img" aria-label="{escape(figure["title"])}">',
+        f'<text x="{WIDTH / 2}" y="18" text-anchor="middle" font-weight="bold">{escape(figure["title"])}</text>',
+        f'<line x1="{PAD_L}" y1="{PAD_T + plot_h}" x2="{PAD_L + plot_w}" y2="{PAD_T + plot_h}" stroke="#333"/>',
+        f'<line x1="{PAD_L}" y1="{PAD_T}" x2="{PAD_L}" y2="{PAD_T + plot_h}" stroke="#333"/>',
+    ]
     for tick in _ticks(y_lo, y_hi):
-        parts.append(f'<text x="{PAD_L - 5}" y="{y_pos(tick) + 4:.1f}" text-anchor="end" font-size="10">{tick:.3g}</text>')
+        parts.append(
+            f'<text x="{PAD_L - 5}" y="{y_pos(tick) + 4:.1f}" text-anchor="end" font-size="10">{tick:.3g}</text>'
+        )
     for x in xs_all if categorical else _ticks(min(xs_all), max(xs_all)):
         label = x if categorical else f"{x:.3g}"
-        parts.append(f'<text x="{x_pos(x):.1f}" y="{PAD_T + plot_h + 14}" text-anchor="middle" font-size="10">{escape(str(label))[:14]}</text>')
-    parts.append(f'<text x="{PAD_L + plot_w / 2}" y="{HEIGHT - 8}" text-anchor="middle" font-size="11">{escape(figure["x_label"])}</text>')
-    parts.append(f'<text x="14" y="{PAD_T + plot_h / 2}" text-anchor="middle" font-size="11" transform="rotate(-90 14 {PAD_T + plot_h / 2})">{escape(figure["y_label"])}</text>')
+        parts.append(
+            f'<text x="{x_pos(x):.1f}" y="{PAD_T + plot_h + 14}" text-anchor="middle" font-size="10">{escape(str(label))[:14]}</text>'
+        )
+    parts.append(
+        f'<text x="{PAD_L + plot_w / 2}" y="{HEIGHT - 8}" text-anchor="middle" font-size="11">{escape(figure["x_label"])}</text>'
+    )
+    parts.append(
+        f'<text x="14" y="{PAD_T + plot_h / 2}" text-anchor="middle" font-size="11" transform="rotate(-90 14 {PAD_T + plot_h / 2})">{escape(figure["y_label"])}</text>'
+    )
     n = len(series)
     for i, s in enumerate(series):
         color = COLORS[i % len(COLORS)]
@@ -63,16 +74,24 @@ def render_figure(figure: dict[str, Any]) -> str:
                     continue
                 left = x_pos(x) - slot / 2 + i * bar_w
                 top, base = y_pos(max(y, 0)), y_pos(min(y, 0))
-                parts.append(f'<rect x="{left:.1f}" y="{top:.1f}" width="{bar_w * 0.9:.1f}" height="{base - top:.1f}" fill="{color}"><title>{escape(str(x))}: {y:.4g}</title></rect>')
+                parts.append(
+                    f'<rect x="{left:.1f}" y="{top:.1f}" width="{bar_w * 0.9:.1f}" height="{base - top:.1f}" fill="{color}"><title>{escape(str(x))}: {y:.4g}</title></rect>'
+                )
                 if s.get("low") and s.get("high") and s["low"][j] is not None and s["high"][j] is not None:
                     cx = left + bar_w * 0.45
-                    parts.append(f'<line x1="{cx:.1f}" y1="{y_pos(s["low"][j]):.1f}" x2="{cx:.1f}" y2="{y_pos(s["high"][j]):.1f}" stroke="#000"/>')
+                    parts.append(
+                        f'<line x1="{cx:.1f}" y1="{y_pos(s["low"][j]):.1f}" x2="{cx:.1f}" y2="{y_pos(s["high"][j]):.1f}" stroke="#000"/>'
+                    )
         else:
             path = " ".join(f"{x_pos(x):.1f},{y_pos(y):.1f}" for x, y in points)
             parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{path}"/>')
             for x, y in points:
-                parts.append(f'<circle cx="{x_pos(x):.1f}" cy="{y_pos(y):.1f}" r="3" fill="{color}"><title>{escape(s["name"])} @ {x}: {y:.4g}</title></circle>')
-        parts.append(f'<rect x="{WIDTH - PAD_R + 10}" y="{PAD_T + 16 * i}" width="10" height="10" fill="{color}"/>'
-                     f'<text x="{WIDTH - PAD_R + 24}" y="{PAD_T + 9 + 16 * i}" font-size="11">{escape(s["name"])[:18]}</text>')
+                parts.append(
+                    f'<circle cx="{x_pos(x):.1f}" cy="{y_pos(y):.1f}" r="3" fill="{color}"><title>{escape(s["name"])} @ {x}: {y:.4g}</title></circle>'
+                )
+        parts.append(
+            f'<rect x="{WIDTH - PAD_R + 10}" y="{PAD_T + 16 * i}" width="10" height="10" fill="{color}"/>'
+            f'<text x="{WIDTH - PAD_R + 24}" y="{PAD_T + 9 + 16 * i}" font-size="11">{escape(s["name"])[:18]}</text>'
+        )
     parts.append("</svg>")
     return "".join(parts)
