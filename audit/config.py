@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -17,6 +18,27 @@ SCHEDULES = ("none", "step", "cosine", "onecycle")
 COMPRESSIONS = ("quantize", "prune")
 LARGE_BATCH = 1024
 LARGE_BATCH_ROWS = 16384  # training sets this large default to LARGE_BATCH
+
+
+def parse_list(value: str, cast: Callable[[str], Any] = str, *, what: str = "values") -> list[Any]:
+    """A comma-separated option value as a list (blanks dropped); ValueError names what was expected."""
+    try:
+        return [cast(part.strip()) for part in str(value).split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"expected comma-separated {what}, got {value!r}") from None
+
+
+def list_type(cast: Callable[[str], Any] = str, *, what: str = "values") -> Callable[[str], list[Any]]:
+    """An argparse ``type`` for a comma-separated list: one line naming what was expected when a part is wrong."""
+
+    def parse(value: str) -> list[Any]:
+        try:
+            return parse_list(value, cast, what=what)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = what
+    return parse
 
 
 @dataclass(frozen=True)
@@ -35,12 +57,15 @@ class CliOption:
 
 @dataclass(frozen=True)
 class Command:
-    """A subcommand a plugin adds: its arguments and the function that runs it (returns an exit code)."""
+    """A subcommand a plugin adds: its arguments and the function that runs it.
+
+    ``run(args, pm)`` gets the parsed arguments and the run's plugin manager; it returns an exit code.
+    """
 
     name: str
     help: str
     add_arguments: Callable[[Any], None]
-    run: Callable[[Any], int]
+    run: Callable[[Any, Any], int]
 
 
 @dataclass

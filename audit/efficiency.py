@@ -14,6 +14,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from audit.config import RunConfig
+from audit.data import Dataset
+from audit.engine import TrainResult
+from audit.models import count_parameters
+from audit.report import Section, Table
+
 log = logging.getLogger(__name__)
 
 
@@ -146,3 +152,49 @@ def compression_rows(
             original_acc - metrics[f"efficiency.{method}.accuracy"]
         )
     return rows, metrics
+
+
+def efficiency_section(
+    model: nn.Module, dataset: Dataset, device: torch.device, config: RunConfig, result: TrainResult | None
+) -> Section:
+    """Training cost, memory, size, FLOPs, latency, and compression when asked."""
+    section = Section("efficiency", "Efficiency")
+    model.eval()
+    x_test = dataset.test.x
+    if result is not None:
+        section.add_metric("train_wall_s", result.wall_time_s)
+        section.add_metric("train_time_s", result.train_time_s)
+        section.add_metric("epoch_time_s", result.train_time_s / max(len(result.history), 1))
+        section.add_metric("train_samples_per_s", result.samples_seen / max(result.train_time_s, 1e-9))
+        section.add_metric("epochs_run", len(result.history))
+        section.add_metric("steps", result.steps)
+    section.add_metric("peak_rss_mb", peak_rss_mb())
+    if device.type == "cuda":
+        section.add_metric("cuda_peak_mb", torch.cuda.max_memory_allocated(device) / 2**20)
+    section.add_metric("params", count_parameters(model))
+    section.add_metric("model_size_bytes", model_size_bytes(model))
+    if len(x_test):
+        section.add_metric("flops_per_sample", flops_per_sample(model, x_test[:1].to(device)))
+        p50, p95 = latency_ms(model, x_test[:1].to(device))
+        section.add_metric("latency_ms_p50", p50)
+        section.add_metric("latency_ms_p95", p95)
+        p50, p95 = latency_ms(model, x_test[:256].to(device), repeats=20)
+        section.add_metric("latency_ms_b256_p50", p50)
+        section.add_metric("latency_ms_b256_p95", p95)
+        if config.compress:
+            rows, metrics = compression_rows(model, x_test, dataset.test.y, config.compress)
+            for name, value in metrics.items():
+                section.metrics[name] = value
+            section.tables.append(
+                Table(
+                    "Compression (CPU, batch 256)",
+                    ["model", "size (bytes)", "latency p50 (ms)", "test accuracy"],
+                    rows,
+                )
+            )
+            section.notes.append(
+                "prune: 50% of Linear/Conv weights by global magnitude; size counts sparse storage. "
+                "quantize: dynamic int8 Linear layers."
+            )
+    section.notes.append(f"device {device}; latency is one forward pass, p50/p95 over repeated runs")
+    return section

@@ -11,11 +11,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from audit.config import RunConfig
 from audit.data import Dataset
 from audit.errors import TrainingDiverged
+from audit.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -138,54 +138,6 @@ def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
     )
 
 
-def _fused_available() -> bool:
-    return tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 4)
-
-
-def make_optimizer(config: RunConfig, params: Any) -> torch.optim.Optimizer:
-    """Build the optimizer a run names."""
-    kw = dict(lr=config.lr, weight_decay=config.weight_decay)
-    # One fused kernel per step instead of a loop over parameters (CPU and CUDA, torch >= 2.4).
-    fused = {"fused": True} if _fused_available() else {}
-    if config.optimizer == "adam":
-        return torch.optim.Adam(params, **kw, **fused)
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, **kw, **fused)
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(params, momentum=config.momentum, **kw, **fused)
-    if config.optimizer == "rmsprop":
-        return torch.optim.RMSprop(params, momentum=config.momentum, **kw)
-    return torch.optim.Adagrad(params, **kw)
-
-
-def attach_scheduler(setup: TrainingSetup) -> None:
-    """Attach the learning-rate schedule, sized by the final batch sampler's steps per epoch."""
-    config, optimizer = setup.config, setup.optimizer
-    steps = setup.batch_sampler.steps_per_epoch
-    total = config.epochs * steps
-    if config.schedule == "step":
-        setup.scheduler = torch.optim.lr_scheduler.StepLR(
-            optimizer, step_size=config.step_size, gamma=config.gamma
-        )
-        setup.scheduler_per_step = False
-    elif config.schedule == "cosine":
-        warmup = int(config.warmup_epochs * steps)
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = (step - warmup) / max(1, total - warmup)
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-        setup.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    elif config.schedule == "onecycle":
-        defaults = getattr(optimizer, "original_optimizer", optimizer).defaults
-        cycle_momentum = "momentum" in defaults or "betas" in defaults  # Adagrad has neither
-        setup.scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=config.lr, total_steps=total, cycle_momentum=cycle_momentum
-        )
-
-
 @torch.no_grad()
 def predict_logits(
     model: nn.Module, x: torch.Tensor, device: torch.device, batch_size: int = EVAL_BATCH
@@ -210,19 +162,6 @@ def _validate(setup: TrainingSetup) -> tuple[float, float]:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def progress_bar(*, total: int, desc: str | None, unit: str, enabled: bool, leave: bool = True) -> tqdm:
-    """The one progress-bar style of the project: counts with rates on stderr, silent when not ``enabled``."""
-    return tqdm(
-        total=total,
-        desc=desc,
-        unit=unit,
-        disable=not enabled,
-        dynamic_ncols=True,
-        mininterval=0.5,
-        leave=leave,
-    )
 
 
 def train(

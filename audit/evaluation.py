@@ -41,7 +41,7 @@ class EvalContext:
         Every plugin that compares its mitigation with an unmitigated model gets this one: trained once per run.
         """
         if self._baseline is None:
-            from audit.runner import train_variant
+            from audit.training import train_variant
 
             model, _ = train_variant(
                 self.config, self.dataset, device=self.device, progress=not self.config.quiet

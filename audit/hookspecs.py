@@ -62,6 +62,16 @@ def audit_configure(config: RunConfig) -> None:
     """
 
 
+@hookspec
+def audit_config_defaults(config: RunConfig) -> dict[str, Any] | None:
+    """Return defaults for core options that this plugin's choices imply (DP-SGD: its learning rate).
+
+    Called once after ``audit_configure``, before the core resolves its own defaults; a value the
+    user set (flag or config file) always wins. The maps are merged; two plugins giving one option
+    different values is an error. The report records which plugin set each value.
+    """
+
+
 # --- training ---------------------------------------------------------------------------
 
 

@@ -20,13 +20,20 @@ SCHEMA_VERSION = "1.0"
 
 @dataclass(frozen=True)
 class MetricSpec:
-    """Declares a metric (or a family, by glob pattern): direction, unit, meaning, regulatory tags."""
+    """Declares a metric (or a family, by glob pattern): direction, unit, meaning, regulatory tags.
+
+    ``headline``: the metric leads the terminal summary and its section's part of the model card.
+    ``former_names``: glob patterns this metric was called before a rename, with the same ``*``s in the
+    same order, so ``audit gate`` can name the new metric when a policy still uses an old one.
+    """
 
     name: str
     higher_is_better: bool | None
     unit: str
     description: str
     tags: tuple[str, ...] = ()
+    headline: bool = False
+    former_names: tuple[str, ...] = ()
 
 
 @dataclass
@@ -62,7 +69,13 @@ class Figure:
 
 @dataclass
 class Section:
-    """One producer's part of the report."""
+    """One producer's part of the report.
+
+    ``data`` is the section's JSON-able payload (gate verdicts, evidence rows, group audits, attack curves):
+    its tables and figures are renderings of it, and any consumer reads ``data``, never a table.
+    ``summary`` holds plain-language findings for a reader (the model card, the terminal); ``order``
+    places the section in the report (lower first); ``headline`` is filled by the core from the metric specs.
+    """
 
     name: str
     title: str
@@ -71,6 +84,10 @@ class Section:
     figures: list[Figure] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+    summary: list[str] = field(default_factory=list)
+    order: int = 50
+    headline: list[str] = field(default_factory=list)
 
     def add_metric(self, name: str, value: float | None) -> None:
         """Add ``<section>.<name>``."""

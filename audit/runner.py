@@ -3,55 +3,29 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import io
-import json
 import logging
-import platform
-import random
-import shlex
-import sys
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pluggy
-import torch
-from torch import nn
 
-from audit import efficiency
+from audit.checkpoint import checkpoint_bytes, load_checkpoint
 from audit.compliance import collect_metric_specs, evidence_from_specs, refresh_compliance
 from audit.config import RunConfig
-from audit.data import Dataset, load_dataset
-from audit.engine import (
-    ShuffledBatches,
-    TrainingSetup,
-    TrainResult,
-    attach_scheduler,  # noqa: F401
-    make_optimizer,
-    progress_bar,
-    train,
-)
+from audit.data import load_dataset
+from audit.efficiency import efficiency_section
+from audit.engine import train
 from audit.errors import AuditError
 from audit.evaluation import EvalContext, build_context, performance_section
-from audit.models import build_model, count_parameters, model_spec
-from audit.render import render_beside
-from audit.report import Report, Section, Table, write_atomic
+from audit.models import build_model, model_spec
+from audit.outputs import default_out_dir, write_outputs
+from audit.progress import progress_bar
+from audit.provenance import run_info, sha256_hex
+from audit.report import Report, Section
+from audit.training import attach_scheduler, build_setup, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
-MODEL_FORMAT = "rai-audit-model/1"
-VERSIONED_PACKAGES = (
-    "rai-audit",
-    "torch",
-    "opacus",
-    "fairlearn",
-    "torchattacks",
-    "scikit-learn",
-    "numpy",
-    "pandas",
-)
 
 
 @dataclass
@@ -60,186 +34,6 @@ class RunOutcome:
 
     report: dict[str, Any]
     out_dir: Path
-
-
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed Python, NumPy and torch from one seed; return the generator that drives batch order."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of the packages that shape a run's numbers."""
-    versions = {"python": platform.python_version()}
-    for name in VERSIONED_PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
-
-
-def default_out_dir(config: RunConfig) -> Path:
-    """``runs/<data name>`` (``-eval`` for evaluate) unless --out says otherwise."""
-    if config.out:
-        return Path(config.out)
-    stem = Path(config.data).stem if config.data not in ("adult", "digits") else config.data
-    return Path("runs") / (stem + ("-eval" if config.command == "evaluate" else ""))
-
-
-def _criterion(label_smoothing: float):
-    def per_sample_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return nn.functional.cross_entropy(logits, target, reduction="none", label_smoothing=label_smoothing)
-
-    return per_sample_cross_entropy
-
-
-def build_setup(
-    config: RunConfig,
-    dataset: Dataset,
-    device: torch.device,
-    generator: torch.Generator,
-    spec: dict[str, Any],
-) -> TrainingSetup:
-    """The default training setup, before plugins edit it."""
-    config.resolve_defaults(len(dataset.train))
-    base = build_model(spec).to(device)
-    model = torch.compile(base) if config.compile else base
-    return TrainingSetup(
-        config=config,
-        dataset=dataset,
-        base_model=base,
-        model_spec=spec,
-        model=model,
-        optimizer=make_optimizer(config, [p for p in base.parameters() if p.requires_grad]),
-        criterion=_criterion(config.label_smoothing),
-        batch_sampler=ShuffledBatches(num_rows=len(dataset.train), batch_size=config.batch_size),
-        device=device,
-        generator=generator,
-        grad_clip=config.grad_clip,
-        use_amp=device.type == "cuda",
-    )
-
-
-def train_variant(
-    config: RunConfig,
-    dataset: Dataset,
-    *,
-    device: torch.device | None = None,
-    sample_weights: torch.Tensor | None = None,
-    progress: bool = False,
-) -> tuple[nn.Module, TrainResult]:
-    """Train the run's model again with no plugins (a baseline to compare a mitigation against)."""
-    device = device or resolve_device(config.device)
-    generator = seed_everything(config.seed)
-    spec = model_spec(
-        name=config.model,
-        input_shape=dataset.input_shape,
-        num_classes=dataset.num_classes,
-        hidden=config.hidden,
-        channels=config.channels,
-        dropout=config.dropout,
-    )
-    setup = build_setup(config, dataset, device, generator, spec)
-    setup.sample_weights = sample_weights
-    attach_scheduler(setup)
-    result = train(setup, progress=progress, desc="baseline (no plugins)")
-    return setup.base_model.eval(), result
-
-
-def efficiency_section(
-    model: nn.Module, dataset: Dataset, device: torch.device, config: RunConfig, result: TrainResult | None
-) -> Section:
-    """Training cost, memory, size, FLOPs, latency, and compression when asked."""
-    section = Section("efficiency", "Efficiency")
-    model.eval()
-    x_test = dataset.test.x
-    if result is not None:
-        section.add_metric("train_wall_s", result.wall_time_s)
-        section.add_metric("train_time_s", result.train_time_s)
-        section.add_metric("epoch_time_s", result.train_time_s / max(len(result.history), 1))
-        section.add_metric("train_samples_per_s", result.samples_seen / max(result.train_time_s, 1e-9))
-        section.add_metric("epochs_run", len(result.history))
-        section.add_metric("steps", result.steps)
-    section.add_metric("peak_rss_mb", efficiency.peak_rss_mb())
-    if device.type == "cuda":
-        section.add_metric("cuda_peak_mb", torch.cuda.max_memory_allocated(device) / 2**20)
-    section.add_metric("params", count_parameters(model))
-    section.add_metric("model_size_bytes", efficiency.model_size_bytes(model))
-    if len(x_test):
-        section.add_metric("flops_per_sample", efficiency.flops_per_sample(model, x_test[:1].to(device)))
-        p50, p95 = efficiency.latency_ms(model, x_test[:1].to(device))
-        section.add_metric("latency_ms_p50", p50)
-        section.add_metric("latency_ms_p95", p95)
-        p50, p95 = efficiency.latency_ms(model, x_test[:256].to(device), repeats=20)
-        section.add_metric("latency_ms_b256_p50", p50)
-        section.add_metric("latency_ms_b256_p95", p95)
-        if config.compress:
-            rows, metrics = efficiency.compression_rows(model, x_test, dataset.test.y, config.compress)
-            for name, value in metrics.items():
-                section.metrics[name] = value
-            section.tables.append(
-                Table(
-                    "Compression (CPU, batch 256)",
-                    ["model", "size (bytes)", "latency p50 (ms)", "test accuracy"],
-                    rows,
-                )
-            )
-            section.notes.append(
-                "prune: 50% of Linear/Conv weights by global magnitude; size counts sparse storage. "
-                "quantize: dynamic int8 Linear layers."
-            )
-    section.notes.append(f"device {device}; latency is one forward pass, p50/p95 over repeated runs")
-    return section
-
-
-def _checkpoint_bytes(
-    spec: dict[str, Any], model: nn.Module, dataset: Dataset, config: RunConfig, metadata_: dict[str, Any]
-) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(
-        {
-            "format": MODEL_FORMAT,
-            "spec": spec,
-            "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-            "schema": dataset.schema(),
-            "metadata": metadata_,
-            "config": config.to_dict(),
-        },
-        buffer,
-    )
-    return buffer.getvalue()
-
-
-def load_checkpoint(path: str) -> dict[str, Any]:
-    """Load model.pt with ``weights_only=True``; one clear line when it is not a rai-audit model."""
-    file = Path(path)
-    if not file.is_file():
-        raise AuditError(f"model file {path} does not exist")
-    try:
-        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a damaged file
-        raise AuditError(
-            f"model file {path} could not be read ({type(exc).__name__}); expected a model.pt written by 'audit train'"
-        ) from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != MODEL_FORMAT:
-        raise AuditError(
-            f"model file {path} is not a rai-audit model; expected a model.pt written by 'audit train'"
-        )
-    return checkpoint
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _collect_sections(pm: pluggy.PluginManager, ctx: EvalContext) -> list[Section]:
@@ -262,49 +56,6 @@ def _collect_sections(pm: pluggy.PluginManager, ctx: EvalContext) -> list[Sectio
             else 99
         ),
     )
-
-
-def _run_info(
-    config: RunConfig, dataset: Dataset, device: torch.device, started: dt.datetime
-) -> dict[str, Any]:
-    config_json = json.dumps(config.to_dict(), sort_keys=True, default=str)
-    return {
-        "name": default_out_dir(config).name,
-        "command": config.command,
-        "command_line": shlex.join(config.command_line) if config.command_line else shlex.join(sys.argv),
-        "seed": config.seed,
-        "device": str(device),
-        "started_at": started.isoformat(timespec="seconds"),
-        "versions": package_versions(),
-        "config": config.to_dict(),
-        "config_sha256": _sha256(config_json.encode()),
-        "data": {
-            "name": dataset.name,
-            "source": config.data,
-            "sha256": dataset.fingerprint,
-            "kind": dataset.kind,
-            "split": dataset.split_source,
-            "rows": {"train": len(dataset.train), "val": len(dataset.val), "test": len(dataset.test)},
-            "target": dataset.target,
-            "classes": dataset.classes,
-            "positive_label": dataset.positive_label,
-            "sensitive": dataset.sensitive,
-            "features": len(dataset.feature_names),
-            "missing_values": dataset.missing_counts,
-        },
-    }
-
-
-def write_outputs(out_dir: Path, report: Report, model_bytes: bytes | None) -> dict[str, Any]:
-    """Write model.pt, report.json and its renderings (HTML, Markdown, model card), each atomically."""
-    data = report.to_dict()
-    files = render_beside(data, out_dir / "report.json")  # rendered first: a failure leaves no file behind
-    if model_bytes is not None:
-        write_atomic(out_dir / "model.pt", model_bytes)
-    write_atomic(out_dir / "report.json", json.dumps(data, indent=2, allow_nan=False))
-    for path, text in files.values():
-        write_atomic(path, text)
-    return data
 
 
 def run_train(config: RunConfig, pm: pluggy.PluginManager) -> RunOutcome:
@@ -345,9 +96,9 @@ def run_train(config: RunConfig, pm: pluggy.PluginManager) -> RunOutcome:
         artifacts=setup.artifacts,
         checkpoint_metadata=metadata_,
     )
-    model_bytes = _checkpoint_bytes(setup.model_spec, model, dataset, config, metadata_)
-    report = Report(run=_run_info(config, dataset, device, started))
-    report.run["model_sha256"] = _sha256(model_bytes)
+    model_bytes = checkpoint_bytes(setup.model_spec, model, dataset, config, metadata_)
+    report = Report(run=run_info(config, dataset, device, started))
+    report.run["model_sha256"] = sha256_hex(model_bytes)
     perf = performance_section(ctx)
     perf.notes.extend(setup.notes)
     perf.warnings.extend(setup.warnings)
@@ -408,8 +159,8 @@ def run_evaluate(config: RunConfig, pm: pluggy.PluginManager) -> RunOutcome:
         artifacts={},
         checkpoint_metadata=checkpoint.get("metadata", {}),
     )
-    report = Report(run=_run_info(config, dataset, device, started))
-    report.run["model_sha256"] = _sha256(Path(config.model_path).read_bytes())
+    report = Report(run=run_info(config, dataset, device, started))
+    report.run["model_sha256"] = sha256_hex(Path(config.model_path).read_bytes())
     report.run["model_path"] = config.model_path
     report.add_section(performance_section(ctx))
     report.add_section(efficiency_section(model, dataset, device, config, None))

@@ -10,9 +10,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from audit.config import RunConfig
 from audit.data import load_dataset
-from audit.engine import attach_scheduler, predict_logits, train
+from audit.engine import predict_logits, train
 from audit.models import MLP, model_spec
-from audit.runner import build_setup, seed_everything
+from audit.training import attach_scheduler, build_setup, seed_everything
 
 DEFAULTS = RunConfig()
 

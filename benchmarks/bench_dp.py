@@ -7,9 +7,9 @@ from _common import device_line
 
 from audit.config import RunConfig
 from audit.data import load_dataset
-from audit.engine import attach_scheduler, train
+from audit.engine import train
 from audit.models import model_spec
-from audit.runner import build_setup, seed_everything
+from audit.training import attach_scheduler, build_setup, seed_everything
 from audit_plugins import privacy
 
 

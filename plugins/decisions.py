@@ -54,9 +54,11 @@ def run_decisions(args: argparse.Namespace) -> int:
     from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
     from audit.data import check_sensitive, group_frame, read_table, sensitive_bins
+    from audit.outputs import write_outputs
     from audit.plugins import get_plugin_manager
+    from audit.provenance import package_versions
     from audit.report import Report
-    from audit.runner import finalize_report, package_versions, write_outputs
+    from audit.runner import finalize_report
 
     if args.bootstrap < 0:
         raise AuditError(f"--bootstrap must be 0 or more, got {args.bootstrap}")

@@ -11,10 +11,11 @@ import torch
 
 from audit import AuditError, hookimpl
 from audit.config import CliOption, RunConfig
-from audit.engine import EpochState, PoissonBatches, TrainingSetup, make_optimizer
+from audit.engine import EpochState, PoissonBatches, TrainingSetup
 from audit.evaluation import EvalContext
 from audit.models import replace_batchnorm
 from audit.report import Figure, MetricSpec, Section, Series, Table, metric_segment
+from audit.training import make_optimizer
 from audit_plugins import dp_clipping
 from audit_plugins.membership_inference import class_calibrated_scores, run_attack
 

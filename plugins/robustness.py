@@ -14,8 +14,9 @@ from torch import nn
 from audit import AuditError, hookimpl
 from audit.config import CliOption, RunConfig
 from audit.data import Dataset
-from audit.engine import TrainingSetup, progress_bar
+from audit.engine import TrainingSetup
 from audit.evaluation import EvalContext
+from audit.progress import progress_bar
 from audit.report import Figure, MetricSpec, Section, Series, Table, metric_segment
 from audit_plugins.robustness_attacks import (
     AttackTarget,

@@ -5,10 +5,10 @@ import torch
 
 from audit.config import RunConfig
 from audit.data import load_dataset
-from audit.engine import PoissonBatches, ShuffledBatches, attach_scheduler, train
+from audit.engine import PoissonBatches, ShuffledBatches, train
 from audit.errors import TrainingDiverged
 from audit.models import model_spec
-from audit.runner import build_setup, seed_everything
+from audit.training import attach_scheduler, build_setup, seed_everything
 
 
 def _setup(config, data):

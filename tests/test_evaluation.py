@@ -2,19 +2,19 @@
 
 import pytest
 
-import audit.runner
+import audit.training
 from tests.conftest import read_report
 
 
 def test_baseline_is_trained_once_and_shared_by_the_plugins(cli, tmp_path, loans_csv, monkeypatch):
     calls = []
-    real = audit.runner.train_variant
+    real = audit.training.train_variant
 
     def counting(*args, **kwargs):
         calls.append(kwargs.get("progress"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(audit.runner, "train_variant", counting)
+    monkeypatch.setattr(audit.training, "train_variant", counting)
     out = tmp_path / "run"
     assert (
         cli(

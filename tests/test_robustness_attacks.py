@@ -26,8 +26,8 @@ def test_sweep_never_reports_more_than_independent_torchattacks(
 ):
     out = tmp_path / "d"
     assert cli("train", "--data", data_name, "--epochs", "3", "--out", out, "-q").code == 0
+    from audit.checkpoint import load_checkpoint
     from audit.models import build_model
-    from audit.runner import load_checkpoint
 
     checkpoint = load_checkpoint(str(out / "model.pt"))
     model = build_model(checkpoint["spec"])
