@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import tempfile
+import traceback
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,11 +21,13 @@ from audit.config import (
     CliOption,
     Command,
     build_config,
+    list_type,
     load_yaml_config,
 )
 from audit.errors import AuditError
 
-EXIT_OK, EXIT_GATE_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+# The exit-code contract: 1 means only "a gate failed", so CI can tell a policy decision from a crash.
+EXIT_OK, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL_ERROR = 0, 1, 2, 3
 
 
 class _Parser(argparse.ArgumentParser):
@@ -32,15 +37,8 @@ class _Parser(argparse.ArgumentParser):
         raise AuditError(f"{self.prog}: {message}")
 
 
-def _csv(value: str) -> list[str]:
-    return [part.strip() for part in value.split(",") if part.strip()]
-
-
-def _int_csv(value: str) -> list[int]:
-    try:
-        return [int(part) for part in _csv(value)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {value!r}") from None
+_csv = list_type(str, what="names")
+_int_csv = list_type(int, what="integers")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -88,6 +86,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=S, help="output folder [runs/<data>]")
     p.add_argument("--policy", default=S, help="gate the report against this policy (exit 1 on failure)")
     p.add_argument("--quiet", "-q", action="store_true", default=S, help="no progress bars or summary")
+    p.add_argument(
+        "--sign-key", default=S, help="sign the report with this Ed25519 private key (PEM) [$AUDIT_SIGN_KEY]"
+    )
 
 
 def _add_training(p: argparse.ArgumentParser) -> None:
@@ -142,6 +143,9 @@ def build_parser(plugin_options: list[CliOption], commands: list[Command] = ()) 
     )
     parser.add_argument("--version", action="version", version=f"rai-audit {__version__}")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of an internal error (exit code 3)"
+    )
     sub = parser.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
     train = sub.add_parser("train", help="train a model and write its audit report")
     _add_common(train)
@@ -149,6 +153,11 @@ def build_parser(plugin_options: list[CliOption], commands: list[Command] = ()) 
     evaluate = sub.add_parser("evaluate", help="audit a saved model again, without training")
     evaluate.add_argument(
         "--model", dest="model_path", required=True, help="model.pt written by 'audit train'"
+    )
+    evaluate.add_argument(
+        "--model-factory",
+        default=argparse.SUPPRESS,
+        help="package.module:factory that rebuilds a model file trained with --model FACTORY (code you trust)",
     )
     _add_common(evaluate)
     for option in plugin_options:
@@ -173,37 +182,68 @@ def build_parser(plugin_options: list[CliOption], commands: list[Command] = ()) 
     return parser
 
 
+def _config_action(key: str, command: argparse.ArgumentParser) -> argparse.Action | None:
+    """The option a config key names: by its flag (``no_early_stopping`` is --no-early-stopping), else by its dest."""
+    flag = "--" + key.replace("_", "-")
+    actions = [a for a in command._actions if a.option_strings]
+    by_flag = next((a for a in actions if flag in a.option_strings), None)
+    if by_flag is not None:
+        return by_flag
+    by_dest = [a for a in actions if a.dest == key]
+    return next((a for a in by_dest if a.nargs != 0 or a.const is not None), by_dest[0] if by_dest else None)
+
+
+def _config_value_tokens(
+    key: str, value: Any, action: argparse.Action, command: argparse.ArgumentParser
+) -> list[str]:
+    """One key's tokens; a value the option cannot take is refused naming the key (the caller adds the file)."""
+    flag = next((o for o in action.option_strings if o.startswith("--")), action.option_strings[0])
+    if action.nargs == 0:  # a switch: true turns it on; false (or null) leaves it off
+        if value is None:
+            off = [a for a in command._actions if a.dest == action.dest and a.nargs == 0 and a.const is None]
+            return [off[0].option_strings[0]] if off and off[0] is not action else []
+        if not isinstance(value, bool):
+            raise AuditError(f"key {key!r} is a switch ({flag}); expected true or false, got {value!r}")
+        return [flag] if value else []
+    if value is None:
+        off = [a for a in command._actions if a.dest == action.dest and a.nargs == 0 and a.const is None]
+        return [off[0].option_strings[0]] if off else []
+    if isinstance(value, bool) and action.nargs == "?":
+        return [flag] if value else []
+    text = ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
+    try:
+        parsed = action.type(text) if callable(action.type) else text
+    except argparse.ArgumentTypeError as exc:
+        raise AuditError(f"key {key!r} ({flag}): {exc}") from None
+    except (TypeError, ValueError):
+        expected = {"int": "an integer", "float": "a number"}.get(
+            getattr(action.type, "__name__", ""), "a valid value"
+        )
+        raise AuditError(f"key {key!r} ({flag}): expected {expected}, got {value!r}") from None
+    if action.choices is not None and parsed not in action.choices:
+        raise AuditError(
+            f"key {key!r} ({flag}): expected one of {', '.join(map(str, action.choices))}; got {value!r}"
+        )
+    return [flag, text]
+
+
 def config_file_tokens(
     values: dict[str, Any], command: argparse.ArgumentParser, train: argparse.ArgumentParser
 ) -> list[str]:
     """A YAML config's option: value pairs as command-line tokens, so argparse checks them exactly as it checks flags.
 
-    Lists join with commas, ``true`` turns a switch on, ``null`` picks the option's "off" form (``patience: null``
-    is --no-early-stopping). Training options in a config given to ``evaluate`` are skipped: they do not apply.
+    Keys are flag names or option names (dashes or underscores). Lists join with commas, ``true`` turns a
+    switch on, ``null`` picks the option's "off" form (``patience: null`` is --no-early-stopping). Training
+    options in a config given to ``evaluate`` are skipped: they do not apply.
     """
     tokens: list[str] = []
     for key, value in values.items():
-        actions = [a for a in command._actions if a.dest == key and a.option_strings]
-        if not actions:
-            if any(a.dest == key for a in train._actions):
+        action = _config_action(key, command)
+        if action is None:
+            if _config_action(key, train) is not None:
                 continue
-            raise AuditError(f"option {key!r} is unknown; expected a flag of 'audit train --help'")
-        if value is None:
-            off = [a for a in actions if a.nargs == 0 and a.const is None]
-            tokens += [off[0].option_strings[0]] if off else []
-            continue
-        action = next((a for a in actions if a.nargs != 0 or a.const is not None), actions[0])
-        flag = (
-            action.option_strings[-1]
-            if action.option_strings[-1].startswith("--")
-            else action.option_strings[0]
-        )
-        if isinstance(value, bool) and (action.nargs == 0 or action.nargs == "?"):
-            tokens += [flag] if value else []
-        elif isinstance(value, (list, tuple)):
-            tokens += [flag, ",".join(str(v) for v in value)]
-        else:
-            tokens += [flag, str(value)]
+            raise AuditError(f"key {key!r} is unknown; expected a flag of 'audit train --help'")
+        tokens += _config_value_tokens(key, value, action, command)
     return tokens
 
 
@@ -211,7 +251,7 @@ def _merge(args: argparse.Namespace, plugin_options: list[CliOption], argv: Sequ
     values: dict[str, Any] = {
         o.dest: o.kwargs.get("default") for o in plugin_options if args.cmd in o.commands
     }
-    values.update({k: v for k, v in vars(args).items() if k not in ("cmd", "verbose")})
+    values.update({k: v for k, v in vars(args).items() if k not in ("cmd", "verbose", "debug")})
     if args.cmd == "evaluate" and "data" not in values:
         values["data"] = None  # the saved model's built-in data (resolved by run_evaluate)
     values["command"] = args.cmd
@@ -219,26 +259,75 @@ def _merge(args: argparse.Namespace, plugin_options: list[CliOption], argv: Sequ
     return values
 
 
-def _print_summary(outcome: Any) -> None:
-    metrics = outcome.report["metrics"]
-    keys = [
-        k
-        for k in (
-            "performance.accuracy",
-            "performance.roc_auc",
-            "efficiency.train_samples_per_s",
-            "privacy.epsilon",
-            "privacy.mia_auc",
-            "robustness.worst_group_robust_accuracy",
-            "gate.passed",
-        )
-        if k in metrics
-    ]
-    keys += [k for k in metrics if k.endswith("demographic_parity_difference") and "&" not in k][:3]
-    for key in keys:
-        value = metrics[key]
-        print(f"  {key:<52} {value:.4g}" if isinstance(value, (int, float)) else f"  {key:<52} {value}")
-    print(f"report: {outcome.out_dir / 'report.html'}")
+def _given(args: argparse.Namespace, from_argv: set[str], plugin_options: list[CliOption]) -> dict[str, str]:
+    """Where each explicitly given value came from: the command line, or the --config file (flags win)."""
+    dests = {o.dest for o in plugin_options}
+    sources = {}
+    for key in vars(args):
+        if key in ("cmd", "verbose", "debug", "command_line"):
+            continue
+        source = "command line" if key in from_argv else f"config file {args.config_file}"
+        sources[f"options.{key}" if key in dests else key] = source
+    return sources
+
+
+def _print_summary(report: dict[str, Any], out_dir: Path) -> None:
+    """The headline metrics every section declared (in report order), then where the report is."""
+    for section in report["sections"]:
+        for key in section.get("headline", []):
+            value = report["metrics"].get(key)
+            print(f"  {key:<52} {value:.4g}" if isinstance(value, (int, float)) else f"  {key:<52} {value}")
+    print(f"report: {out_dir / 'report.html'}")
+
+
+def _parse(argv: Sequence[str], parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, set[str]]:
+    """Parse the command line and, with --config, the file's values as flags; return the keys the line itself set."""
+    args = parser.parse_args(argv)
+    from_argv = set(vars(args))
+    if getattr(args, "config_file", None):
+        # The file's values go in right after the subcommand, so argparse checks them and later flags win.
+        at = argv.index(args.cmd) + 1
+        try:
+            tokens = config_file_tokens(
+                load_yaml_config(args.config_file),
+                parser.command_parsers[args.cmd],
+                parser.command_parsers["train"],
+            )
+            args = parser.parse_args([*argv[:at], *tokens, *argv[at:]])
+        except AuditError as exc:
+            if str(exc).startswith("config file "):
+                raise
+            raise AuditError(f"{exc} (from config file {args.config_file})") from None
+    return args, from_argv
+
+
+def _train_or_evaluate(
+    args: argparse.Namespace,
+    from_argv: set[str],
+    plugin_options: list[CliOption],
+    pm: Any,
+    argv: Sequence[str],
+) -> int:
+    from audit.runner import run_evaluate, run_train
+
+    sources = _given(args, from_argv, plugin_options)
+    config = build_config(
+        _merge(args, plugin_options, argv), {o.dest: o for o in plugin_options}, sources=sources
+    )
+    with warnings.catch_warnings():
+        for message in BENIGN_LIBRARY_WARNINGS:
+            warnings.filterwarnings("ignore", message=message)
+        if config.quiet:
+            warnings.simplefilter("ignore")  # --quiet: the report carries every warning that matters
+        outcome = (run_train if args.cmd == "train" else run_evaluate)(config, pm)
+    gate = outcome.report["metrics"].get("gate.passed")
+    if not config.quiet:
+        _print_summary(outcome.report, outcome.out_dir)
+        if gate is not None:
+            from audit.gate_cli import print_gate_table
+
+            print_gate_table(outcome.report)
+    return EXIT_GATE_FAILED if gate == 0 else EXIT_OK
 
 
 def _run(argv: Sequence[str]) -> int:
@@ -247,41 +336,12 @@ def _run(argv: Sequence[str]) -> int:
     pm = get_plugin_manager()
     plugin_options = [o for group in pm.hook.audit_cli_options() for o in (group or [])]
     commands = [c for group in pm.hook.audit_commands() for c in (group or [])]
-    parser = build_parser(plugin_options, commands)
-    args = parser.parse_args(argv)
-    if getattr(args, "config_file", None):
-        # The file's values go in right after the subcommand, so argparse checks them and later flags win.
-        tokens = config_file_tokens(
-            load_yaml_config(args.config_file),
-            parser.command_parsers[args.cmd],
-            parser.command_parsers["train"],
-        )
-        at = argv.index(args.cmd) + 1
-        try:
-            args = parser.parse_args([*argv[:at], *tokens, *argv[at:]])
-        except AuditError as exc:
-            raise AuditError(f"{exc} (from config file {args.config_file})") from None
+    args, from_argv = _parse(argv, build_parser(plugin_options, commands))
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     if args.cmd in ("train", "evaluate"):
-        from audit.runner import run_evaluate, run_train
-
-        config = build_config(_merge(args, plugin_options, argv), {o.dest: o for o in plugin_options})
-        with warnings.catch_warnings():
-            for message in BENIGN_LIBRARY_WARNINGS:
-                warnings.filterwarnings("ignore", message=message)
-            if config.quiet:
-                warnings.simplefilter("ignore")  # --quiet: the report carries every warning that matters
-            outcome = (run_train if args.cmd == "train" else run_evaluate)(config, pm)
-        if not config.quiet:
-            _print_summary(outcome)
-        gate = outcome.report["metrics"].get("gate.passed")
-        if gate is not None and not config.quiet:
-            from audit.gate_cli import print_gate_table
-
-            print_gate_table(outcome.report)
-        return EXIT_GATE_FAILED if gate == 0 else EXIT_OK
+        return _train_or_evaluate(args, from_argv, plugin_options, pm, argv)
     if args.cmd == "report":
         return _render(args)
     if args.cmd == "plugins":
@@ -294,15 +354,16 @@ def _run(argv: Sequence[str]) -> int:
         return EXIT_OK
     plugin_command = next((c for c in commands if c.name == args.cmd), None)
     if plugin_command is not None:
-        return plugin_command.run(args)
+        return plugin_command.run(args, pm)
     from audit import gate_cli
 
     return gate_cli.dispatch(args, pm)
 
 
 def _render(args: argparse.Namespace) -> int:
+    from audit.outputs import write_atomic
     from audit.render import RENDERINGS, render_beside
-    from audit.report import read_report, write_atomic
+    from audit.report import read_report
 
     source = Path(args.report)
     formats = list(RENDERINGS) if args.format == "all" else [args.format]
@@ -317,8 +378,18 @@ def _render(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _crash_log(argv: Sequence[str], text: str) -> Path:
+    """Write an internal error's traceback into the run's --out folder when one was given, else the temp folder."""
+    out = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--out"), None)
+    folder = Path(out) if out and Path(out).is_dir() else Path(tempfile.gettempdir())
+    fd, name = tempfile.mkstemp(prefix="audit-error-", suffix=".txt", dir=folder)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    return Path(name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``audit`` console script; returns the exit code."""
+    """Entry point of the ``audit`` console script; returns the exit code (0, 1 gate failed, 2 bad input, 3 bug)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return _run(argv)
@@ -328,6 +399,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("audit: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug (ours or a plugin's) is not a verdict: exit 3, never 1
+        text = traceback.format_exc()
+        if "--debug" in argv:
+            print(text, file=sys.stderr, end="")
+        where = _crash_log(argv, text)
+        print(
+            f"audit: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+            f"(a bug in rai-audit or a plugin, not a verdict; traceback in {where}; --debug shows it)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL_ERROR
 
 
 if __name__ == "__main__":

@@ -8,16 +8,14 @@ verdicts later from report.json alone, without the plugins that declared the tag
 
 from __future__ import annotations
 
-import fnmatch
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import pluggy
-
-from audit.report import MetricSpec, Report, Section, Table, interval_base
+from audit.report import MetricSpec, Report, Section, Table, interval_base, spec_for
 
 SECTION = "compliance"
+SECTION_ORDER = 95  # last: it reads every other section's metrics and the gate's verdicts
+NO_EVIDENCE = "NO EVIDENCE"
 
 
 @dataclass(frozen=True)
@@ -66,48 +64,10 @@ CLAUSES: tuple[Clause, ...] = (
     Clause(
         "NIST AI RMF MEASURE 2.12",
         "NIST AI RMF 1.0",
-        "Environmental impact and sustainability of model training and management activities are assessed and documented",
+        "Environmental impact and sustainability of model training and management activities are assessed "
+        "and documented",
     ),
 )
-
-
-COMPLIANCE_METRIC_SPECS = [
-    MetricSpec(
-        "compliance.clauses_with_evidence",
-        True,
-        "clauses",
-        "Catalogued clauses at least one metric of the report speaks to",
-    ),
-    MetricSpec(
-        "compliance.clauses_without_evidence",
-        False,
-        "clauses",
-        "Catalogued clauses no metric of the report speaks to",
-    ),
-]
-
-
-def collect_metric_specs(pm: pluggy.PluginManager) -> list[MetricSpec]:
-    """The core's metric specs followed by every plugin's (``audit_metric_specs`` results concatenated)."""
-    from audit.evaluation import CORE_METRIC_SPECS
-    from audit.gate import GATE_METRIC_SPECS
-
-    return [
-        *CORE_METRIC_SPECS,
-        *COMPLIANCE_METRIC_SPECS,
-        *GATE_METRIC_SPECS,
-        *(spec for group in pm.hook.audit_metric_specs() for spec in (group or [])),
-    ]
-
-
-def spec_for(name: str, specs: Iterable[MetricSpec]) -> MetricSpec | None:
-    """The spec declaring ``name``: an exact name wins over a glob; among globs, the longest pattern."""
-    specs = list(specs)
-    exact = next((s for s in specs if s.name == name), None)
-    if exact is not None:
-        return exact
-    globs = [s for s in specs if fnmatch.fnmatchcase(name, s.name)]
-    return max(globs, key=lambda s: len(s.name), default=None)
 
 
 def evidence_from_specs(metrics: dict[str, Any], specs: list[MetricSpec]) -> list[tuple[str, str, str]]:
@@ -127,77 +87,120 @@ def evidence_from_specs(metrics: dict[str, Any], specs: list[MetricSpec]) -> lis
 
 
 def evidence_from_section(report: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """The (clause, metric, kind) rows recorded in an existing compliance section of a report dict."""
+    """The (clause, metric, kind) rows recorded in the payload of an existing compliance section of a report dict."""
     section = next((s for s in report.get("sections", []) if s["name"] == SECTION), None)
     if section is None:
         return []
-    table = next(t for t in section["tables"] if t["title"] == "Evidence index")
-    return [(row[0], row[1], row[2]) for row in table["rows"]]
+    return [(e["clause"], e["metric"], e["kind"]) for e in section.get("data", {}).get("evidence", [])]
 
 
-def compliance_section(
-    metrics: dict[str, Any], evidence: list[tuple[str, str, str]], gate_table: Table | None = None
-) -> Section:
-    """Build the section: a clause table (status and gate verdict), the headline evidence, and the index.
-
-    ``gate_table`` is the gate section's "Rules" table (columns rule, metric, ..., verdict); without
-    it every clause reads "not gated".
-    """
+def _verdicts_by_metric(gate_results: list[dict[str, Any]] | None) -> dict[str, list[tuple[str, str]]]:
+    """(rule id, verdict) per metric a gate rule checked; a verdict on an interval bound counts for its metric."""
     verdicts: dict[str, list[tuple[str, str]]] = {}
-    if gate_table is not None:
-        col = {name: i for i, name in enumerate(gate_table.columns)}
-        for row in gate_table.rows:
-            metric = row[col["metric"]]
-            base = interval_base(metric) or metric
-            verdicts.setdefault(base, []).append((row[col["rule"]], row[col["verdict"]]))
+    for result in gate_results or []:
+        base = interval_base(result["metric"]) or result["metric"]
+        verdicts.setdefault(base, []).append((result["rule"], result["verdict"]))
+    return verdicts
+
+
+def _clauses_for(evidence: list[tuple[str, str, str]]) -> list[Clause]:
     known = {c.id for c in CLAUSES}
     declared = [c for c in dict.fromkeys(tag for tag, _, _ in evidence) if c not in known]
-    clauses = [
+    return [
         *CLAUSES,
         *(Clause(tag, "declared by a plugin", "(no requirement text on record)") for tag in declared),
     ]
-    section = Section(SECTION, "Compliance evidence")
-    clause_rows, headline_rows, missing = [], [], []
-    for clause in clauses:
+
+
+def compliance_data(
+    metrics: dict[str, Any], evidence: list[tuple[str, str, str]], gate_results: list[dict[str, Any]] | None
+) -> dict[str, Any]:
+    """The section's payload: per clause its evidence, producers and verdict; the headline evidence; the index.
+
+    ``gate_results`` are the gate section's ``data["results"]`` (rule, metric, verdict, ...); without them
+    every clause with evidence reads "not gated".
+    """
+    verdicts = _verdicts_by_metric(gate_results)
+    clauses, headline = [], []
+    for clause in _clauses_for(evidence):
         names = [name for tag, name, _ in evidence if tag == clause.id and name in metrics]
-        headline = [
+        shown = [
             name
             for tag, name, kind in evidence
             if tag == clause.id and name in metrics and (kind == "headline" or name in verdicts)
         ]
         clause_verdicts = [v for name in names for _, v in verdicts.get(name, [])]
-        status = _clause_verdict(names, clause_verdicts)
-        if not names:
-            missing.append(clause.id)
-        sources = sorted({name.split(".", 1)[0] for name in names})
-        clause_rows.append(
-            [
-                clause.id,
-                clause.requirement,
-                len(names),
-                ", ".join(sources) or "—",
-                len(clause_verdicts),
-                status,
-            ]
+        clauses.append(
+            {
+                "id": clause.id,
+                "framework": clause.framework,
+                "requirement": clause.requirement,
+                "metrics": len(names),
+                "producers": sorted({n.split(".", 1)[0] for n in names}),
+                "checks": len(clause_verdicts),
+                "verdict": _clause_verdict(names, clause_verdicts),
+            }
         )
-        headline_rows += [
-            [clause.id, name, metrics.get(name), _metric_verdict(verdicts.get(name, []))] for name in headline
+        headline += [
+            {
+                "clause": clause.id,
+                "metric": name,
+                "value": metrics.get(name),
+                "verdict": _metric_verdict(verdicts.get(name, [])),
+            }
+            for name in shown
         ]
+    index = [{"clause": c, "metric": m, "kind": k} for c, m, k in evidence]
+    return {"clauses": clauses, "headline_evidence": headline, "evidence": index}
+
+
+def compliance_section(
+    metrics: dict[str, Any],
+    evidence: list[tuple[str, str, str]],
+    gate_results: list[dict[str, Any]] | None = None,
+) -> Section:
+    """Build the section from its payload: clauses (status, gate verdict), headline evidence, the index."""
+    data = compliance_data(metrics, evidence, gate_results)
+    section = Section(SECTION, "Compliance evidence", data=data, order=SECTION_ORDER)
+    clause_columns = ["clause", "requirement", "evidence metrics", "produced by", "gate checks", "verdict"]
     section.tables.append(
         Table(
             "Clauses",
-            ["clause", "requirement", "evidence metrics", "produced by", "gate checks", "verdict"],
-            clause_rows,
+            clause_columns,
+            [
+                [
+                    c["id"],
+                    c["requirement"],
+                    c["metrics"],
+                    ", ".join(c["producers"]) or "—",
+                    c["checks"],
+                    c["verdict"],
+                ]
+                for c in data["clauses"]
+            ],
         )
     )
-    section.tables.append(Table("Evidence", ["clause", "metric", "value", "gate verdict"], headline_rows))
-    section.tables.append(Table("Evidence index", ["clause", "metric", "kind"], [list(e) for e in evidence]))
-    section.add_metric("clauses_with_evidence", len(clauses) - len(missing))
+    section.tables.append(
+        Table(
+            "Evidence",
+            ["clause", "metric", "value", "gate verdict"],
+            [[e["clause"], e["metric"], e["value"], e["verdict"]] for e in data["headline_evidence"]],
+        )
+    )
+    section.tables.append(
+        Table(
+            "Evidence index",
+            ["clause", "metric", "kind"],
+            [[e["clause"], e["metric"], e["kind"]] for e in data["evidence"]],
+        )
+    )
+    missing = [c["id"] for c in data["clauses"] if c["verdict"] == NO_EVIDENCE]
+    section.add_metric("clauses_with_evidence", len(data["clauses"]) - len(missing))
     section.add_metric("clauses_without_evidence", len(missing))
     section.notes.append(
-        "Evidence is what this run measured; it supports, and does not replace, a reviewer's "
-        "assessment of the clause. Per-group and other descriptive metrics are counted under "
-        "'evidence metrics' and listed in the sections that produced them."
+        "Evidence is what this run measured; it supports, and does not replace, a reviewer's assessment of the "
+        "clause. Per-group and other descriptive metrics are counted under 'evidence metrics' and listed in the "
+        "sections that produced them."
     )
     if missing:
         section.warnings.append("This run produced no evidence for: " + "; ".join(missing) + ".")
@@ -206,7 +209,7 @@ def compliance_section(
 
 def _clause_verdict(names: list[str], verdicts: list[str]) -> str:
     if not names:
-        return "NO EVIDENCE"
+        return NO_EVIDENCE
     if not verdicts:
         return "not gated"
     for word in ("FAIL", "WARN"):
@@ -222,8 +225,9 @@ def _metric_verdict(found: list[tuple[str, str]]) -> str:
 
 
 def refresh_compliance(report: Report, evidence: list[tuple[str, str, str]]) -> None:
-    """Replace the report's compliance section, taking verdicts from its gate section when it has one."""
+    """Replace the report's compliance section, taking verdicts from its gate section's payload when it has one."""
     report.remove_section(SECTION)
     gate = report.section("gate")
-    rules = next((t for t in gate.tables if t.title == "Rules"), None) if gate is not None else None
-    report.add_section(compliance_section(report.metrics, evidence, rules))
+    report.add_section(
+        compliance_section(report.metrics, evidence, gate.data.get("results") if gate else None)
+    )

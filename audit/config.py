@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Callable, Collection
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,8 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "adagrad")
 SCHEDULES = ("none", "step", "cosine", "onecycle")
 COMPRESSIONS = ("quantize", "prune")
 LARGE_BATCH = 1024
-LARGE_BATCH_ROWS = 16384  # training sets this large default to LARGE_BATCH
+LARGE_BATCH_ROWS = 16384
+MAX_SEED = 2**32 - 1  # training sets this large default to LARGE_BATCH
 
 
 def parse_list(value: str, cast: Callable[[str], Any] = str, *, what: str = "values") -> list[Any]:
@@ -87,15 +89,16 @@ class RunConfig:
     test_fraction: float = 0.2
     model: str = "auto"
     model_path: str | None = None
+    # evaluate: the package.module:factory the user trusts to rebuild a model file's architecture (a model file
+    # itself never chooses code to import)
+    model_factory: str | None = None
     hidden: list[int] = field(default_factory=lambda: [128, 64])
     channels: list[int] = field(default_factory=lambda: [16, 32])
     # Off by default: on the CPU, dropout's Bernoulli draws cost as much as the rest of a small MLP's
     # step, and with early stopping on Adult it bought nothing (0.8591 with 0.1, 0.8585 without).
     dropout: float = 0.0
     epochs: int = 10
-    batch_size: int | None = (
-        None  # None: LARGE_BATCH for large training sets, else 256 (see resolve_defaults)
-    )
+    batch_size: int | None = None  # None: LARGE_BATCH for large training sets, else 256 (see resolve)
     lr: float | None = None  # None: 3e-3 at LARGE_BATCH, else 1e-3; or a plugin's default (DP-SGD: 3e-3)
     optimizer: str = "adam"
     momentum: float = 0.9
@@ -115,8 +118,13 @@ class RunConfig:
     quiet: bool = False
     config_file: str | None = None
     policy: str | None = None
+    sign_key: str | None = None  # an Ed25519 private key (PEM) that signs the report; else $AUDIT_SIGN_KEY
     command_line: list[str] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
+    # Where each value that is not the built-in default came from ("command line", "config file FILE",
+    # "plugin NAME", "model file", "data: ..."); option names of plugins are prefixed "options.".
+    sources: dict[str, str] = field(default_factory=dict)
+    resolved: bool = False
 
     def option(self, name: str, default: Any = None) -> Any:
         """Return a plugin option by its ``dest`` name."""
@@ -137,33 +145,61 @@ class RunConfig:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the configuration as JSON-able data."""
-        return dataclasses.asdict(self)
+        """Return the configuration as JSON-able data (its provenance is ``sources``, recorded apart)."""
+        data = dataclasses.asdict(self)
+        del data["sources"], data["resolved"]
+        return data
 
-    def resolve_defaults(self, train_rows: int | None = None) -> None:
-        """Fill defaults that plugins may have set first (called after ``audit_configure`` and, with
-        ``train_rows``, once the data is read)."""
-        if self.batch_size is None and train_rows is not None:
-            # Large batches keep a small model's step cost from being Python overhead; small data keeps
-            # enough steps per epoch to learn. Adult (29k rows) at 1024 and lr 3e-3: 0.859 test accuracy.
-            self.batch_size = LARGE_BATCH if train_rows >= LARGE_BATCH_ROWS else 256
-        if self.lr is None and self.batch_size is not None:
-            self.lr = 3e-3 if self.batch_size >= LARGE_BATCH else 1e-3
+    def set_from(self, source: str, **values: Any) -> None:
+        """Set core fields and record where their values came from (a saved model, a plugin, the data)."""
+        for name, value in values.items():
+            setattr(self, name, value)
+            self.sources[name] = source
 
-    def validate(self, given: Collection[str] = ()) -> None:
-        """Raise AuditError for a value no run can use; ``given`` names the fields set explicitly (flags, config file)."""
+    def resolve(self, *, train_rows: int, plugin_defaults: dict[str, tuple[Any, str]]) -> None:
+        """Fill every core value left unset, once: a plugin's default (value, plugin name), else the core's.
+
+        A value the user gave (flag or config file) always wins. The core's batch size and learning rate
+        depend on the training rows: large batches keep a small model's step from being Python overhead,
+        small data keeps enough steps per epoch to learn (Adult, 29k rows, at 1024 and 3e-3: 0.859).
+        """
+        if self.resolved:
+            return
+        unset = {f.name: f.default for f in dataclasses.fields(self)}
+        for name, (value, plugin) in plugin_defaults.items():
+            # the user's value wins: given as a flag or in a file (sources), or through the API (not the default)
+            if name not in self.sources and getattr(self, name) == unset[name]:
+                self.set_from(f"plugin {plugin}", **{name: value})
+        if self.batch_size is None:
+            size = LARGE_BATCH if train_rows >= LARGE_BATCH_ROWS else 256
+            self.set_from(f"default for {train_rows} training rows", batch_size=size)
+        if self.lr is None:
+            self.set_from(
+                f"default for batch size {self.batch_size}",
+                lr=3e-3 if self.batch_size >= LARGE_BATCH else 1e-3,
+            )
+        self.resolved = True
+
+    def validate(self) -> None:
+        """Raise AuditError for a value no run can use, or an option given without the choice it belongs to."""
+        self._check_ranges()
+        self._check_choices()
+        self._check_belongs()
+
+    def _check_ranges(self) -> None:
         if self.epochs < 1:
             raise AuditError(f"--epochs must be at least 1, got {self.epochs}")
         for name, sizes in (("hidden", self.hidden), ("channels", self.channels)):
             if any(size < 1 for size in sizes):
                 raise AuditError(f"--{name} sizes must be at least 1, got {','.join(map(str, sizes))}")
-        if self.weight_decay < 0:
-            raise AuditError(f"--weight-decay must be 0 or more, got {self.weight_decay}")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise AuditError(f"--grad-clip must be positive, got {self.grad_clip}")
+        # written as "not (x in range)" so NaN fails too; inf is refused wherever a finite number is needed
+        if not (0 <= self.weight_decay < math.inf):
+            raise AuditError(f"--weight-decay must be a finite number >= 0, got {self.weight_decay}")
+        if self.grad_clip is not None and not (0 < self.grad_clip < math.inf):
+            raise AuditError(f"--grad-clip must be a finite positive number, got {self.grad_clip}")
         if not 0 <= self.momentum < 1:
             raise AuditError(f"--momentum must be in [0, 1), got {self.momentum}")
-        if self.step_size < 1 or not self.gamma > 0:
+        if self.step_size < 1 or not (0 < self.gamma < math.inf):
             raise AuditError(
                 f"--step-size must be at least 1 and --gamma positive, got {self.step_size} and {self.gamma}"
             )
@@ -171,25 +207,18 @@ class RunConfig:
             raise AuditError(
                 f"--warmup-epochs must be in [0, --epochs), got {self.warmup_epochs} with {self.epochs} epochs"
             )
-        # Options that only mean something under another option's choice: refused when given without it.
-        belongs = {
-            "momentum": ("--momentum", "--optimizer sgd or rmsprop", self.optimizer in ("sgd", "rmsprop")),
-            "warmup_epochs": ("--warmup-epochs", "--schedule cosine", self.schedule == "cosine"),
-            "step_size": ("--step-size", "--schedule step", self.schedule == "step"),
-            "gamma": ("--gamma", "--schedule step", self.schedule == "step"),
-            "drop_sensitive": (
-                "--drop-sensitive",
-                "--sensitive",
-                bool(self.sensitive) or self.command != "train",
-            ),
-        }
-        for name, (flag, needs, ok) in belongs.items():
-            if name in given and not ok:
-                raise AuditError(f"{flag} only applies with {needs}")
         if self.batch_size is not None and self.batch_size < 1:
             raise AuditError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.lr is not None and not self.lr > 0:
-            raise AuditError(f"--lr must be positive, got {self.lr}")
+        if self.lr is not None and not (0 < self.lr < math.inf):
+            raise AuditError(f"--lr must be a finite positive number, got {self.lr}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise AuditError(f"--seed must be in [0, {MAX_SEED}] (NumPy's seed range), got {self.seed}")
+        if self.patience is not None and self.patience < 1:
+            raise AuditError(
+                f"--patience must be at least 1 epoch (or --no-early-stopping), got {self.patience}"
+            )
+
+    def _check_choices(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise AuditError(
                 f"--optimizer {self.optimizer!r} is unknown; expected one of {', '.join(OPTIMIZERS)}"
@@ -221,6 +250,23 @@ class RunConfig:
                     f"--device {self.device} was asked for, but CUDA is not available here; use --device cpu"
                 )
 
+    def _check_belongs(self) -> None:
+        # Options that only mean something under another option's choice: refused when given without it.
+        belongs = {
+            "momentum": ("--momentum", "--optimizer sgd or rmsprop", self.optimizer in ("sgd", "rmsprop")),
+            "warmup_epochs": ("--warmup-epochs", "--schedule cosine", self.schedule == "cosine"),
+            "step_size": ("--step-size", "--schedule step", self.schedule == "step"),
+            "gamma": ("--gamma", "--schedule step", self.schedule == "step"),
+            "drop_sensitive": (
+                "--drop-sensitive",
+                "--sensitive",
+                bool(self.sensitive) or self.command != "train",
+            ),
+        }
+        for name, (flag, needs, ok) in belongs.items():
+            if name in self.sources and not ok:
+                raise AuditError(f"{flag} only applies with {needs}")
+
 
 FIELD_NAMES = {f.name for f in dataclasses.fields(RunConfig)}
 
@@ -245,8 +291,13 @@ def load_yaml_config(path: str) -> dict[str, Any]:
     return {str(key).replace("-", "_"): value for key, value in data.items()}
 
 
-def build_config(values: dict[str, Any], plugin_options: dict[str, CliOption]) -> RunConfig:
-    """Build a RunConfig from merged option values; plugin options go to ``options``."""
+def build_config(
+    values: dict[str, Any], plugin_options: dict[str, CliOption], *, sources: dict[str, str] | None = None
+) -> RunConfig:
+    """Build a RunConfig from merged option values; plugin options go to ``options``.
+
+    ``sources`` names where each explicitly given value came from (a plugin option as ``options.<dest>``).
+    """
     core: dict[str, Any] = {}
     options: dict[str, Any] = {}
     for key, value in values.items():
@@ -256,6 +307,6 @@ def build_config(values: dict[str, Any], plugin_options: dict[str, CliOption]) -
             options[key] = value
         else:
             raise AuditError(f"option {key!r} is unknown; expected a flag of 'audit train --help'")
-    config = RunConfig(**core, options=options)
-    config.validate(given=set(core) - {"command", "command_line"})
+    config = RunConfig(**core, options=options, sources=dict(sources or {}))
+    config.validate()
     return config

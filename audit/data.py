@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,11 +17,18 @@ from audit import datasets
 from audit.config import RunConfig
 from audit.errors import AuditError
 
-log = logging.getLogger(__name__)
-
 MISSING = "<missing>"
 NA_VALUES = ["?"]  # UCI's marker, beside pandas' own (empty, NA, NaN, ...)
 MAX_GROUPS_BEFORE_BINNING = 10  # a numeric sensitive column with more values is binned into quartiles
+CSV_SEPARATORS = {".csv": ",", ".txt": ",", ".tsv": "\t"}
+PARQUET_SUFFIXES = (".parquet", ".pq")
+# A text column whose non-missing values are more than this share numbers is ambiguous: refused, naming a stray value.
+NUMERIC_SHARE = 0.9
+# Beyond this magnitude a square overflows float64: the standard deviation becomes inf and the column a constant.
+MAX_ABS_VALUE = 1e150
+# A target with more classes than this, most of them on a single row, is a regression target given to a classifier.
+CONTINUOUS_TARGET_CLASSES = 50
+MAX_SAVED_GROUPS = 1000  # a sensitive column's training groups are saved with the model up to this many
 
 
 @dataclass
@@ -76,27 +83,7 @@ class TabularPreprocessor:
             try:
                 values = frame[self.numeric].astype("float64").to_numpy()
             except (TypeError, ValueError):
-                bad = [
-                    c
-                    for c in self.numeric
-                    if pd.to_numeric(frame[c], errors="coerce").isna().sum() > frame[c].isna().sum()
-                ]
-                example = (
-                    next(
-                        (
-                            v
-                            for v in frame[bad[0]]
-                            if pd.isna(pd.to_numeric(v, errors="coerce")) and not pd.isna(v)
-                        ),
-                        None,
-                    )
-                    if bad
-                    else None
-                )
-                raise AuditError(
-                    f"numeric column(s) {', '.join(bad or self.numeric)} hold non-numeric values (e.g. {example!r}); "
-                    "expected numbers, as in the training data"
-                ) from None
+                raise AuditError(_non_numeric_message(frame, self.numeric)) from None
             values = np.where(np.isnan(values), np.asarray(self.medians), values)
             blocks.append((values - np.asarray(self.means)) / np.asarray(self.stds))
         for col, cats in zip(self.categorical, self.categories):
@@ -149,6 +136,8 @@ class Dataset:
     positive_label: str | None = None
     group_bins: dict[str, list[float]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # What the report must show as warnings (the performance section takes them, as it takes ``notes``).
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def num_classes(self) -> int:
@@ -171,47 +160,161 @@ class Dataset:
             input_shape=list(self.input_shape),
             positive_label=self.positive_label,
             group_bins=self.group_bins,
+            group_values=self._group_values(),
             preprocessor=self.preprocessor.to_dict() if self.preprocessor else None,
             perturbable=self.perturbable.tolist(),
             lower=self.lower.tolist(),
             upper=self.upper.tolist(),
         )
 
+    def _group_values(self) -> dict[str, list[str]]:
+        """The groups each categorical sensitive column had in training (so ``audit evaluate`` can tell new ones)."""
+        values = {
+            col: sorted(set(self.train.groups[col]))
+            for col in self.sensitive
+            if col not in self.group_bins and col in self.train.groups
+        }
+        return {col: groups for col, groups in values.items() if len(groups) <= MAX_SAVED_GROUPS}
+
 
 def _as_category(column: pd.Series) -> pd.Series:
     return column.astype("string").fillna(MISSING).astype(str)
 
 
+def _number_count(column: pd.Series) -> tuple[int, int, Any]:
+    """(numbers, non-numbers, the first non-number) among a column's non-missing values (parsed once per value)."""
+    counts = column.value_counts(sort=False, dropna=True)
+    stray = counts[pd.to_numeric(pd.Series(counts.index, dtype=object), errors="coerce").isna().to_numpy()]
+    n_stray = int(stray.sum())
+    return int(counts.sum()) - n_stray, n_stray, (stray.index[0] if len(stray) else None)
+
+
+def _non_numeric_message(frame: pd.DataFrame, numeric: list[str], source: str | None = None) -> str:
+    """The refusal for numeric columns holding text, naming them and a value."""
+    bad = [c for c in numeric if _number_count(frame[c])[1]]
+    example = _number_count(frame[bad[0]])[2] if bad else None
+    where = f" in {source}" if source else ""
+    return (
+        f"numeric column(s) {', '.join(bad or numeric)}{where} hold non-numeric values (e.g. {example!r}); "
+        f"expected numbers, as in the training data (--numeric {','.join(bad or numeric)} makes them missing)"
+    )
+
+
 def read_table(path: str) -> tuple[pd.DataFrame, str]:
-    """Read a CSV or Parquet file; return the frame and the SHA-256 of its bytes."""
+    """Read a CSV, TSV or Parquet file; return the frame and the SHA-256 of its bytes.
+
+    Refused, in one line naming the file: a missing, empty, binary, non-UTF-8 or header-only file; a column with
+    no name or a name used twice (read from the header itself: pandas would rename the second ``sex.1``); rows
+    with more fields than the header; and a single column whose name shows another separator.
+    """
     file = Path(path)
     if not file.is_file():
         raise AuditError(
-            f"data file {path} does not exist; expected a .csv or .parquet file, or a built-in: {', '.join(datasets.BUILTIN)}"
+            f"data file {path} does not exist; expected a .csv or .parquet file, "
+            f"or a built-in: {', '.join(datasets.BUILTIN)}"
+        )
+    suffix = file.suffix.lower()
+    if suffix not in CSV_SEPARATORS and suffix not in PARQUET_SUFFIXES:
+        hint = " (export a spreadsheet as CSV)" if suffix in (".xls", ".xlsx", ".ods") else ""
+        raise AuditError(
+            f"data file {path} has an unknown type {suffix!r}; expected .csv, .tsv or .parquet{hint}"
         )
     raw = file.read_bytes()
     digest = hashlib.sha256(raw).hexdigest()
-    suffix = file.suffix.lower()
-    try:
-        if suffix in (".parquet", ".pq"):
-            frame = pd.read_parquet(file)
-        elif suffix in (".csv", ".tsv", ".txt"):
-            frame = pd.read_csv(
-                file, sep="\t" if suffix == ".tsv" else ",", skipinitialspace=True, na_values=NA_VALUES
-            )
-        else:
-            raise AuditError(
-                f"data file {path} has an unknown type {suffix!r}; expected .csv, .tsv or .parquet"
-            )
-    except pd.errors.EmptyDataError:
-        raise AuditError(f"data file {path} is empty; expected a header row and data rows") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as exc:
-        if isinstance(exc, AuditError):
-            raise
-        raise AuditError(f"data file {path} could not be parsed: {str(exc).splitlines()[0]}") from None
+    frame = _parse_table(file, path, raw)
     if len(frame) == 0:
         raise AuditError(f"data file {path} has no data rows; expected a header row and data rows")
     return frame, digest
+
+
+def _parse_table(file: Path, path: str, raw: bytes) -> pd.DataFrame:
+    suffix = file.suffix.lower()
+    try:
+        if suffix in PARQUET_SUFFIXES:
+            import pyarrow.parquet as pq  # pandas' Parquet engine; imported only to read a Parquet file
+
+            _check_header(pq.read_schema(file).names, path)
+            return pd.read_parquet(file)
+        _check_text(raw, path)
+        sep = CSV_SEPARATORS[suffix]
+        options = dict(sep=sep, skipinitialspace=True)
+        header = pd.read_csv(file, header=None, nrows=1, dtype=str, keep_default_na=False, **options)
+        _check_header(list(header.iloc[0]), path)
+        frame = pd.read_csv(file, na_values=NA_VALUES, **options)
+        _check_csv_shape(frame, path, sep, len(header.columns))
+        return frame
+    except pd.errors.EmptyDataError:
+        raise AuditError(f"data file {path} is empty; expected a header row and data rows") from None
+    except UnicodeDecodeError:
+        raise AuditError(_not_utf8(raw, path)) from None
+    except (pd.errors.ParserError, OSError, ValueError) as exc:
+        raise AuditError(f"data file {path} could not be parsed: {str(exc).splitlines()[0]}") from None
+
+
+def _check_text(raw: bytes, path: str) -> None:
+    """Refuse a binary file given as CSV (NUL bytes), saying what it looks like."""
+    head = raw[:65536]
+    if b"\x00" not in head:
+        return
+    looks = {
+        b"PAR1": "; it looks like Parquet (name it .parquet)",
+        b"PK\x03\x04": "; it looks like a zip archive or an Excel workbook (export it as CSV)",
+        b"\xff\xfe": "; it looks like UTF-16 text (save it as UTF-8)",
+        b"\xfe\xff": "; it looks like UTF-16 text (save it as UTF-8)",
+    }
+    hint = next((text for magic, text in looks.items() if head.startswith(magic)), "")
+    raise AuditError(f"data file {path} is not text (it holds NUL bytes{hint}); expected a UTF-8 CSV")
+
+
+def _not_utf8(raw: bytes, path: str) -> str:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        return (
+            f"data file {path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}); "
+            "expected UTF-8 (re-save the file as UTF-8)"
+        )
+    return f"data file {path} could not be decoded; expected UTF-8 text"
+
+
+def _check_header(names: list[Any], path: str) -> None:
+    """Refuse a column with no name, or a name used twice (after trimming spaces), naming it and its position."""
+    names = ["" if pd.isna(n) else str(n).strip() for n in names]
+    empty = [i + 1 for i, name in enumerate(names) if not name]
+    if empty:
+        hint = " (a saved index? write the file with index=False)" if empty == [1] else ""
+        raise AuditError(
+            f"data file {path} has a column with no name (column {', '.join(map(str, empty))} of the header); "
+            f"expected every column named{hint}"
+        )
+    repeated = [name for name, count in Counter(names).items() if count > 1]
+    if repeated:
+        where = [i + 1 for i, name in enumerate(names) if name == repeated[0]]
+        raise AuditError(
+            f"data file {path} names column(s) {', '.join(map(repr, repeated))} more than once "
+            f"({repeated[0]!r} is column {' and '.join(map(str, where))}); expected unique column names"
+        )
+
+
+def _check_csv_shape(frame: pd.DataFrame, path: str, sep: str, n_names: int) -> None:
+    """Refuse rows wider than the header (pandas would make the extra field an index) and a wrong separator."""
+    if not frame.index.equals(pd.RangeIndex(len(frame))):
+        raise AuditError(
+            f"data file {path} has rows with more fields than its header has names ({n_names}); "
+            "expected one name per column"
+        )
+    if len(frame.columns) != 1:
+        return
+    name = str(frame.columns[0])
+    other = next((s for s in ("\t", ";", "|", ",") if s != sep and s in name), None)
+    if other:
+        kind = "comma" if sep == "," else "tab"
+        hint = " (name a tab-separated file .tsv)" if other == "\t" else ""
+        raise AuditError(
+            f"data file {path} reads as one column named {name[:60]!r}, its fields separated by {other!r}; "
+            f"expected {kind}-separated values{hint}"
+        )
 
 
 def _encode_target(
@@ -284,12 +387,25 @@ def sensitive_bins(train: pd.DataFrame, sensitive: list[str]) -> dict[str, list[
     return bins
 
 
-def check_sensitive(frame: pd.DataFrame, sensitive: list[str], source: str) -> None:
-    """Refuse a missing sensitive column, or one with a single group (AuditError naming it)."""
+def check_sensitive(
+    frame: pd.DataFrame, sensitive: list[str], source: str, *, target: str | None = None
+) -> None:
+    """Refuse a sensitive column that is missing, named twice, the target, or of a single group (naming it).
+
+    A sensitive column may also be in --drop-columns: it is then left out of the features and still groups rows.
+    """
+    for col, count in Counter(sensitive).items():
+        if count > 1:
+            raise AuditError(f"--sensitive names {col!r} {count} times; expected each column once")
     for col in sensitive:
         if col not in frame.columns:
             raise AuditError(
                 f"{source} has no sensitive column {col!r}; columns are: {', '.join(map(str, frame.columns))}"
+            )
+        if col == target:
+            raise AuditError(
+                f"--sensitive column {col!r} is the target of {source}; expected a column other than the "
+                "target (groups are compared on the model's predictions of it)"
             )
         n_values = frame[col].nunique(dropna=False)
         if n_values < 2:
@@ -299,30 +415,170 @@ def check_sensitive(frame: pd.DataFrame, sensitive: list[str], source: str) -> N
             )
 
 
-def _feature_columns(frame: pd.DataFrame, config: RunConfig, target: str) -> tuple[list[str], list[str]]:
-    for col in config.categorical + config.numeric + config.drop_columns:
-        if col not in frame.columns:
+def _is_number(column: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
+
+
+def _check_roles(frame: pd.DataFrame, config: RunConfig, target: str, source: str) -> None:
+    """Refuse a --categorical/--numeric/--drop-columns column that is absent or the target, or typed both ways."""
+    for flag, columns in (
+        ("--categorical", config.categorical),
+        ("--numeric", config.numeric),
+        ("--drop-columns", config.drop_columns),
+    ):
+        for col in columns:
+            if col == target:
+                raise AuditError(
+                    f"{flag} column {col!r} is the target of {source}; expected feature columns "
+                    "(the target is never a feature)"
+                )
+            if col not in frame.columns:
+                raise AuditError(
+                    f"{flag} column {col!r} is not in {source}; columns are: {', '.join(map(str, frame.columns))}"
+                )
+    both = [col for col in config.categorical if col in config.numeric]
+    if both:
+        raise AuditError(
+            f"column {both[0]!r} is named by both --categorical and --numeric; expected one type per column"
+        )
+
+
+def _coerce_numeric(
+    frames: list[pd.DataFrame], columns: list[str], source: str
+) -> tuple[list[pd.DataFrame], list[str]]:
+    """--numeric columns: make stray text missing (imputed later), with a note naming the count and a value.
+
+    A column whose values are mostly not numbers is refused: --numeric is for a few stray values.
+    """
+    notes = []
+    for col in columns:
+        counts = [_number_count(part[col]) for part in frames]
+        numbers, strays = sum(c[0] for c in counts), sum(c[1] for c in counts)
+        if not strays:
+            continue
+        example = next(c[2] for c in counts if c[1])
+        if strays > numbers:
             raise AuditError(
-                f"column {col!r} named by --categorical/--numeric/--drop-columns is not in the data"
+                f"column {col!r} in {source} was declared numeric (--numeric) but {strays} of its "
+                f"{numbers + strays} values are not numbers (e.g. {example!r}); expected mostly numbers"
             )
-    excluded = {target, *config.drop_columns}
-    if config.drop_sensitive:
-        excluded.update(config.sensitive)
+        frames = [part.assign(**{col: pd.to_numeric(part[col], errors="coerce")}) for part in frames]
+        notes.append(
+            f"column {col!r}: --numeric made {strays} non-numeric value(s) such as {example!r} missing; "
+            "as a feature they are imputed with the training median"
+        )
+    return frames, notes
+
+
+def _refuse_stray_text(column: pd.Series, col: str, source: str) -> None:
+    """Refuse a text column that is mostly numbers: a few stray values would make it hundreds of categories."""
+    numbers, strays, example = _number_count(column)
+    if strays and numbers > NUMERIC_SHARE * (numbers + strays):
+        raise AuditError(
+            f"column {col!r} in {source} is numeric but for {strays} value(s) such as {example!r} "
+            f"({numbers} numbers); expected numbers only: pass --numeric {col} to make those missing "
+            f"(imputed), or --categorical {col} to treat every value as a category"
+        )
+
+
+def _feature_columns(
+    frame: pd.DataFrame, config: RunConfig, target: str, source: str
+) -> tuple[list[str], list[str]]:
+    """Numeric and categorical feature columns: every column but the target and the dropped ones.
+
+    A sensitive column named in --drop-columns (or with --drop-sensitive) is no feature but still groups rows.
+    """
+    excluded = {target, *config.drop_columns} | (set(config.sensitive) if config.drop_sensitive else set())
     numeric, categorical = [], []
     for col in frame.columns:
+        if col in excluded and col not in config.sensitive:
+            continue
+        is_number = _is_number(frame[col])
+        if not is_number and col not in config.categorical and col not in config.numeric:
+            _refuse_stray_text(frame[col], col, source)
         if col in excluded:
             continue
-        column = frame[col]
-        is_number = pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
-        if col in config.categorical or (not is_number and col not in config.numeric):
-            categorical.append(col)
-        else:
-            if not is_number and pd.to_numeric(column, errors="coerce").isna().sum() > column.isna().sum():
-                raise AuditError(f"column {col!r} was declared numeric but holds non-numeric values")
+        if col not in config.categorical and (is_number or col in config.numeric):
             numeric.append(col)
+        else:
+            categorical.append(col)
     if not numeric and not categorical:
-        raise AuditError("no feature columns are left after removing the target and dropped columns")
+        raise AuditError(
+            f"{source} has no feature columns left after removing the target {target!r} and dropped columns; "
+            f"columns are: {', '.join(map(str, frame.columns))}; expected at least one feature"
+        )
     return numeric, categorical
+
+
+def _check_finite(frame: pd.DataFrame, columns: list[str], source: str, *, scale: bool = True) -> None:
+    """Refuse inf/-inf in these numeric columns (naming the rows) and, with ``scale``, values too large to
+    standardise (naming one)."""
+    for col in columns:
+        values = pd.to_numeric(frame[col], errors="coerce").astype("float64").to_numpy()
+        infinite = np.flatnonzero(np.isinf(values))
+        if len(infinite):
+            raise AuditError(
+                f"column {col!r} in {source} holds inf or -inf in {len(infinite)} row(s) (first: data row "
+                f"{infinite[0] + 1}, {values[infinite[0]]:g}); expected finite numbers (leave a cell empty "
+                "to have it imputed)"
+            )
+        huge = np.flatnonzero(np.abs(values) > MAX_ABS_VALUE)
+        if scale and len(huge):
+            raise AuditError(
+                f"column {col!r} in {source} holds {len(huge)} value(s) too large to standardise (e.g. "
+                f"{values[huge[0]]:g}); expected magnitudes below {MAX_ABS_VALUE:g} (rescale the column, "
+                "e.g. take its log)"
+            )
+
+
+def _check_standardised(pre: TabularPreprocessor, frame: pd.DataFrame, x: np.ndarray, source: str) -> None:
+    """Refuse a numeric column whose standardisation failed: a mean or std that is not finite, or a column that
+    varies in ``frame`` (the rows fitted on) but is constant in ``x`` (their transform)."""
+    for j, col in enumerate(pre.numeric):
+        raw = pd.to_numeric(frame[col], errors="coerce")
+        mean, std = pre.means[j], pre.stds[j]
+        if np.isfinite(mean) and np.isfinite(std) and not (raw.nunique() > 1 and np.ptp(x[:, j]) == 0):
+            continue
+        raise AuditError(
+            f"column {col!r} in {source} cannot be standardised (mean {mean:g}, std {std:g}, largest |value| "
+            f"{raw.abs().max():g}); expected numbers of a workable scale (rescale the column, e.g. take its log)"
+        )
+
+
+def _transform(pre: TabularPreprocessor, frame: pd.DataFrame, source: str) -> np.ndarray:
+    """The model's inputs for these rows; refuse a value that standardises beyond float32 (naming it)."""
+    with np.errstate(over="ignore"):  # an overflow is refused below, naming the column and value
+        x = pre.transform(frame)
+    bad = np.argwhere(~np.isfinite(x[:, : len(pre.numeric)]))
+    if len(bad):
+        row, j = bad[0]
+        col, mean, std = pre.numeric[j], pre.means[j], pre.stds[j]
+        value = float(pd.to_numeric(frame[col], errors="coerce").iloc[row])
+        raise AuditError(
+            f"column {col!r} in {source} has value {value:g}, {abs(value - mean) / std:.3g} standard deviations "
+            f"from the training mean {mean:g}; expected values on the training data's scale"
+        )
+    return x
+
+
+def _typed_frames(
+    config: RunConfig, frame: pd.DataFrame, test_frame: pd.DataFrame | None, target: str, source: str
+) -> tuple[pd.DataFrame, pd.DataFrame | None, tuple[list[str], list[str]], list[str]]:
+    """Check the column options, make --numeric columns' stray text missing, type the features, check values.
+
+    Returns the frames, the (numeric, categorical) feature columns and notes on what was made missing. Runs on
+    every row before the split, so a value in any split is refused alike.
+    """
+    _check_roles(frame, config, target, source)
+    frames, notes = _coerce_numeric(
+        [frame] if test_frame is None else [frame, test_frame], config.numeric, source
+    )
+    numeric, categorical = _feature_columns(frames[0], config, target, source)
+    grouping = [c for c in config.sensitive if c not in numeric and _is_number(frames[0][c])]
+    for part in frames:
+        _check_finite(part, numeric, source)
+        _check_finite(part, grouping, source, scale=False)
+    return frames[0], (frames[1] if len(frames) > 1 else None), (numeric, categorical), notes
 
 
 def _stratified_split(n: int, y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -377,6 +633,79 @@ def load_dataset(config: RunConfig, *, schema: dict[str, Any] | None = None) -> 
 MIN_ROWS_PER_CLASS = 10  # so that train, validation and test each hold every class (at the default fractions)
 
 
+def _check_classes(y: np.ndarray, classes: list[str], source: str, target: str, *, numeric: bool) -> None:
+    """Refuse a class too rare to split; a target of many classes most seen once is named as continuous."""
+    counts = np.bincount(y, minlength=len(classes))
+    rarest = int(counts.min())
+    if rarest >= MIN_ROWS_PER_CLASS:
+        return
+    singles = int((counts == 1).sum())
+    if len(classes) > CONTINUOUS_TARGET_CLASSES and singles > len(classes) / 2:
+        looks = " (it looks continuous)" if numeric else ""
+        raise AuditError(
+            f"target column {target!r} in {source} has {len(classes)} distinct values{looks}, {singles} of them "
+            "on a single row; rai-audit trains classifiers: expected a target of a few classes (bin it first)"
+        )
+    raise AuditError(
+        f"{source} has {len(y)} rows and its rarest target class only {rarest}; expected at least "
+        f"{MIN_ROWS_PER_CLASS} rows of every class of {target!r} to split into train, validation and test"
+    )
+
+
+def _preprocessing(
+    config: RunConfig,
+    columns: tuple[list[str], list[str]] | None,
+    train_frame: pd.DataFrame,
+    schema: dict[str, Any] | None,
+) -> tuple[TabularPreprocessor, dict[str, list[float]], list[str]]:
+    """The preprocessing and sensitive bins: fitted on the training rows, or a saved model's; with notes on both."""
+    if schema is None:
+        numeric, categorical = columns
+        pre = TabularPreprocessor.fit(train_frame, numeric=numeric, categorical=categorical)
+        bins = sensitive_bins(train_frame, config.sensitive)
+    else:
+        pre = TabularPreprocessor.from_dict(schema["preprocessor"])
+        bins = {k: v for k, v in schema.get("group_bins", {}).items() if k in config.sensitive}
+    notes = [
+        f"numeric sensitive column {col!r} was grouped into quartile bins {edges} from the training split"
+        for col, edges in bins.items()
+    ]
+    notes += [
+        f"categorical column {col!r} has {len(cats)} values; consider dropping it (--drop-columns) "
+        "if it is an identifier"
+        for col, cats in zip(pre.categorical, pre.categories)
+        if len(cats) > 200
+    ]
+    return pre, bins, notes
+
+
+def _missing_counts(frame: pd.DataFrame, pre: TabularPreprocessor) -> dict[str, int]:
+    return {str(c): int(v) for c, v in frame[pre.numeric + pre.categorical].isna().sum().items() if v}
+
+
+def _split_rows(
+    config: RunConfig,
+    frame: pd.DataFrame,
+    test_frame: pd.DataFrame | None,
+    y_all: np.ndarray,
+    classes: list[str],
+    target: str,
+) -> list[tuple[pd.DataFrame, np.ndarray]]:
+    """Train, validation and test rows with their labels (test: the data's own split, else a stratified one)."""
+    if test_frame is None:
+        rest, test_idx = _stratified_split(len(frame), y_all, config.test_fraction, config.seed)
+        test_frame, y_test = frame.iloc[test_idx], y_all[test_idx]
+        frame, y_all = frame.iloc[rest], y_all[rest]
+    else:
+        y_test, _ = _encode_target(test_frame, target, config.data, classes)
+    train_idx, val_idx = _stratified_split(len(frame), y_all, config.val_fraction, config.seed)
+    return [
+        (frame.iloc[train_idx], y_all[train_idx]),
+        (frame.iloc[val_idx], y_all[val_idx]),
+        (test_frame, y_test),
+    ]
+
+
 def _build_tabular(
     config: RunConfig,
     name: str,
@@ -387,60 +716,34 @@ def _build_tabular(
     split_source: str,
     schema: dict[str, Any] | None,
 ) -> Dataset:
+    """Check the table, split it and preprocess it; every refusal comes before any training."""
     source = config.data
     y_all, classes = _encode_target(frame, target, source, schema["classes"] if schema else None)
-    rarest = int(np.bincount(y_all, minlength=len(classes)).min())
-    if rarest < MIN_ROWS_PER_CLASS:
-        raise AuditError(
-            f"{source} has {len(frame)} rows and its rarest target class only {rarest}; expected at least "
-            f"{MIN_ROWS_PER_CLASS} rows of every class of {target!r} to split into train, validation and test"
-        )
-    check_sensitive(frame, config.sensitive, source)
+    check_sensitive(frame, config.sensitive, source, target=target)
+    _check_classes(y_all, classes, source, target, numeric=_is_number(frame[target]))
     positive = _positive_label(config, classes, target)
-    notes: list[str] = []
-    if test_frame is None:
-        rest, test_idx = _stratified_split(len(frame), y_all, config.test_fraction, config.seed)
-        test_frame, y_test = frame.iloc[test_idx], y_all[test_idx]
-        frame, y_all = frame.iloc[rest], y_all[rest]
-    else:
-        y_test, _ = _encode_target(test_frame, target, source, classes)
-    train_idx, val_idx = _stratified_split(len(frame), y_all, config.val_fraction, config.seed)
-    train_frame, val_frame = frame.iloc[train_idx], frame.iloc[val_idx]
     if schema is None:
-        numeric, categorical = _feature_columns(frame, config, target)
-        pre = TabularPreprocessor.fit(train_frame, numeric=numeric, categorical=categorical)
-        bins = sensitive_bins(train_frame, config.sensitive)
+        frame, test_frame, columns, coerced = _typed_frames(config, frame, test_frame, target, source)
     else:
-        pre = TabularPreprocessor.from_dict(schema["preprocessor"])
-        bins = {k: v for k, v in schema.get("group_bins", {}).items() if k in config.sensitive}
-    for col, edges in bins.items():
-        notes.append(
-            f"numeric sensitive column {col!r} was grouped into quartile bins {edges} from the training split"
-        )
-    for col, cats in zip(pre.categorical, pre.categories):
-        if len(cats) > 200:
-            notes.append(
-                f"categorical column {col!r} has {len(cats)} values; consider dropping it (--drop-columns) if it is an identifier"
-            )
-    missing = {
-        str(c): int(v)
-        for c, v in pd.concat([frame, test_frame])[pre.numeric + pre.categorical].isna().sum().items()
-        if v
-    }
-    x_train = pre.transform(train_frame)
-    mask, lower, upper = _tabular_bounds(x_train, len(pre.numeric))
+        columns, coerced = None, []
+    parts = _split_rows(config, frame, test_frame, y_all, classes, target)
+    pre, bins, notes = _preprocessing(config, columns, parts[0][0], schema)
+    xs = [_transform(pre, part, source) for part, _ in parts]
+    _check_standardised(pre, parts[0][0], xs[0], source)
+    mask, lower, upper = _tabular_bounds(xs[0], len(pre.numeric))
+    train, val, test = (
+        _to_split(x, y, group_frame(p, config.sensitive, bins)) for x, (p, y) in zip(xs, parts)
+    )
     return Dataset(
         name=name,
         kind="tabular",
-        train=_to_split(x_train, y_all[train_idx], group_frame(train_frame, config.sensitive, bins)),
-        val=_to_split(
-            pre.transform(val_frame), y_all[val_idx], group_frame(val_frame, config.sensitive, bins)
-        ),
-        test=_to_split(pre.transform(test_frame), y_test, group_frame(test_frame, config.sensitive, bins)),
+        train=train,
+        val=val,
+        test=test,
         classes=classes,
         target=target,
         sensitive=list(config.sensitive),
-        input_shape=(x_train.shape[1],),
+        input_shape=(xs[0].shape[1],),
         feature_names=pre.feature_names,
         fingerprint=digest,
         split_source=split_source,
@@ -448,27 +751,89 @@ def _build_tabular(
         lower=lower,
         upper=upper,
         preprocessor=pre,
-        missing_counts=missing,
+        missing_counts=_missing_counts(pd.concat([p for p, _ in parts]), pre),
         positive_label=positive,
         group_bins=bins,
-        notes=notes,
+        notes=notes + coerced,
     )
+
+
+def _evaluation_frame(
+    frame: pd.DataFrame, pre: TabularPreprocessor, config: RunConfig, source: str, binned: list[str]
+) -> tuple[pd.DataFrame, list[str]]:
+    """Check a file against a saved model's columns; --numeric makes stray text in its numeric ones missing.
+
+    ``binned``: sensitive columns grouped by the model's saved bins, which must hold numbers too.
+    """
+    lacking = [c for c in pre.numeric + pre.categorical if c not in frame.columns]
+    if lacking:
+        raise AuditError(
+            f"{source} lacks column(s) {', '.join(map(repr, lacking))} that the model was trained on; "
+            "expected the training data's columns"
+        )
+    numeric = pre.numeric + [c for c in binned if c not in pre.numeric]
+    (frame,), notes = _coerce_numeric([frame], [c for c in config.numeric if c in numeric], source)
+    text = [c for c in numeric if not _is_number(frame[c]) and _number_count(frame[c])[1]]
+    if text:
+        raise AuditError(_non_numeric_message(frame, text, source))
+    _check_finite(frame, pre.numeric, source)
+    _check_finite(frame, binned, source, scale=False)
+    return frame, notes
+
+
+def _unseen_groups(
+    frame: pd.DataFrame,
+    sensitive: list[str],
+    schema: dict[str, Any],
+    pre: TabularPreprocessor,
+    source: str,
+) -> tuple[list[str], list[str]]:
+    """Warnings for a sensitive column none of whose values the model saw in training; notes for some unseen."""
+    seen = dict(zip(pre.categorical, pre.categories)) | dict(schema.get("group_values") or {})
+    saved_bins = schema.get("group_bins") or {}
+    warnings, notes = [], []
+    for col in sensitive:
+        if col in saved_bins:
+            low, high = saved_bins[col][0], saved_bins[col][-1]
+            values = pd.to_numeric(frame[col], errors="coerce").dropna()
+            if len(values) and ((values < low) | (values > high)).all():
+                warnings.append(
+                    f"every value of sensitive column {col!r} in {source} lies outside the training range "
+                    f"[{low:g}, {high:g}]; its groups are only the outer training bins"
+                )
+            continue
+        labels = set(_as_category(frame[col])) if col in seen else set()
+        unseen = sorted(labels - set(seen.get(col, [])))
+        shown = ", ".join(map(repr, seen.get(col, [])[:5]))
+        if unseen and len(unseen) == len(labels):
+            warnings.append(
+                f"no value of sensitive column {col!r} in {source} occurred in the model's training data "
+                f"(e.g. {unseen[0]!r}; training had {shown}); its groups are ones the model never saw"
+            )
+        elif unseen:
+            notes.append(
+                f"{len(unseen)} group(s) of sensitive column {col!r} in {source} did not occur in training "
+                f"(e.g. {unseen[0]!r})"
+            )
+    return warnings, notes
 
 
 def _build_evaluation_only(
     config: RunConfig, frame: pd.DataFrame, digest: str, target: str, schema: dict[str, Any]
 ) -> Dataset:
     """A user's file audited against a saved model: every row is evaluation data; no training rows."""
-    y, classes = _encode_target(frame, target, config.data, schema["classes"])
-    check_sensitive(frame, config.sensitive, config.data)
+    source = config.data
+    y, classes = _encode_target(frame, target, source, schema["classes"])
+    check_sensitive(frame, config.sensitive, source, target=target)
     pre = TabularPreprocessor.from_dict(schema["preprocessor"])
     bins = {k: v for k, v in schema.get("group_bins", {}).items() if k in config.sensitive}
+    frame, notes = _evaluation_frame(frame, pre, config, source, list(bins))
     bins.update({k: v for k, v in sensitive_bins(frame, config.sensitive).items() if k not in bins})
-    x = pre.transform(frame)
+    warnings, group_notes = _unseen_groups(frame, config.sensitive, schema, pre, source)
+    x = _transform(pre, frame, source)
     empty = _to_split(x[:0], y[:0], group_frame(frame.iloc[:0], config.sensitive, bins))
-    width = x.shape[1]
     return Dataset(
-        name=Path(config.data).stem,
+        name=Path(source).stem,
         kind="tabular",
         train=empty,
         val=empty,
@@ -476,7 +841,7 @@ def _build_evaluation_only(
         classes=classes,
         target=target,
         sensitive=list(config.sensitive),
-        input_shape=(width,),
+        input_shape=(x.shape[1],),
         feature_names=pre.feature_names,
         fingerprint=digest,
         split_source="every row of the file (evaluation only)",
@@ -484,12 +849,15 @@ def _build_evaluation_only(
         lower=torch.tensor(schema["lower"]),
         upper=torch.tensor(schema["upper"]),
         preprocessor=pre,
-        missing_counts={
-            str(c): int(v) for c, v in frame[pre.numeric + pre.categorical].isna().sum().items() if v
-        },
+        missing_counts=_missing_counts(frame, pre),
         positive_label=schema.get("positive_label"),
         group_bins=bins,
-        notes=["no training rows are available for this evaluation; audits that need them are skipped"],
+        notes=[
+            "no training rows are available for this evaluation; audits that need them are skipped",
+            *notes,
+        ]
+        + group_notes,
+        warnings=warnings,
     )
 
 
@@ -509,6 +877,10 @@ def _positive_label(config: RunConfig, classes: list[str], target: str) -> str |
     return str(config.positive_label)
 
 
+def _no_groups(rows: np.ndarray) -> pd.DataFrame:
+    return pd.DataFrame(index=range(len(rows)))  # images carry no sensitive columns
+
+
 def _load_digits(config: RunConfig) -> Dataset:
     if config.sensitive:
         raise AuditError("digits has no sensitive columns; drop --sensitive or use tabular data")
@@ -522,20 +894,20 @@ def _load_digits(config: RunConfig) -> Dataset:
     given = [flag for flag, value in tabular_only.items() if value]
     if given:
         raise AuditError(
-            f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to tabular data; digits is 8x8 images of 10 classes"
+            f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to tabular data; "
+            "digits is 8x8 images of 10 classes"
         )
     images, labels, digest = datasets.load_digits_images()
     rest, test_idx = _stratified_split(len(labels), labels, config.test_fraction, config.seed)
     tr, va = _stratified_split(len(rest), labels[rest], config.val_fraction, config.seed)
     train_idx, val_idx = rest[tr], rest[va]
-    no_groups = lambda idx: pd.DataFrame(index=range(len(idx)))  # noqa: E731
     width = int(np.prod(images.shape[1:]))
     return Dataset(
         name="digits",
         kind="image",
-        train=_to_split(images[train_idx], labels[train_idx], no_groups(train_idx)),
-        val=_to_split(images[val_idx], labels[val_idx], no_groups(val_idx)),
-        test=_to_split(images[test_idx], labels[test_idx], no_groups(test_idx)),
+        train=_to_split(images[train_idx], labels[train_idx], _no_groups(train_idx)),
+        val=_to_split(images[val_idx], labels[val_idx], _no_groups(val_idx)),
+        test=_to_split(images[test_idx], labels[test_idx], _no_groups(test_idx)),
         classes=[str(c) for c in range(10)],
         target="digit",
         sensitive=[],

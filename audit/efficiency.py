@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import io
-import logging
 import resource
 import sys
 import time
@@ -20,7 +19,7 @@ from audit.engine import TrainResult
 from audit.models import count_parameters
 from audit.report import Section, Table
 
-log = logging.getLogger(__name__)
+SECTION_ORDER = 20  # the core's second section, after performance
 
 
 def peak_rss_mb() -> float:
@@ -87,7 +86,7 @@ def quantize_dynamic_int8(model: nn.Module) -> nn.Module:
 
 
 def prune_magnitude(model: nn.Module, amount: float = 0.5) -> tuple[nn.Module, float]:
-    """A copy with the smallest-magnitude ``amount`` of Linear/Conv weights zeroed (global L1); returns it and its sparsity."""
+    """A copy with the smallest ``amount`` of Linear/Conv weights zeroed (global L1), and its sparsity."""
     from torch.nn.utils import prune
 
     pruned = copy.deepcopy(model).cpu().eval()
@@ -124,7 +123,7 @@ def compression_rows(
     batch = x_test[:256].cpu()
     rows, metrics = [], {}
 
-    def measure(name: str, candidate: nn.Module, size: int) -> None:
+    def measure(name: str, candidate: nn.Module, size: int) -> float:
         p50, _ = latency_ms(candidate, batch, repeats=repeats)
         acc = accuracy(candidate, x_test.cpu(), y_test.cpu())
         rows.append([name, size, round(p50, 4), round(acc, 4)])
@@ -137,9 +136,9 @@ def compression_rows(
                     f"{prefix}.accuracy": acc,
                 }
             )
+        return acc
 
-    measure("original", base, model_size_bytes(base))
-    original_acc = rows[0][3]
+    original_acc = measure("original", base, model_size_bytes(base))  # unrounded: the table's copy is rounded
     for method in methods:
         if method == "quantize":
             quantized = quantize_dynamic_int8(base)
@@ -158,7 +157,7 @@ def efficiency_section(
     model: nn.Module, dataset: Dataset, device: torch.device, config: RunConfig, result: TrainResult | None
 ) -> Section:
     """Training cost, memory, size, FLOPs, latency, and compression when asked."""
-    section = Section("efficiency", "Efficiency")
+    section = Section("efficiency", "Efficiency", order=SECTION_ORDER)
     model.eval()
     x_test = dataset.test.x
     if result is not None:

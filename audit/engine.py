@@ -1,13 +1,15 @@
-"""The training loop: tensor-sliced batches, one screen long; calls hooks at fixed points, knows no plugin."""
+"""The training loop: tensor-sliced batches, one screen long; calls hooks at fixed points, knows no plugin.
+
+``train`` reads like minGPT's trainer: ``TrainingStep`` is one optimizer step, ``run_epoch`` one pass over the
+batches, ``HealthChecks`` the divergence and explosion checks, ``EarlyStopping`` the kept epoch."""
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -17,9 +19,11 @@ from audit.data import Dataset
 from audit.errors import TrainingDiverged
 from audit.progress import progress_bar
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 EXPLODING_FACTOR = 100.0  # a step's gradient norm this many times the first epoch's median is "exploding"
+DIVERGING_FACTOR = 1.5  # a validation loss this many times the lowest so far counts as diverging
 EVAL_BATCH = 4096
 
 
@@ -77,9 +81,8 @@ class TrainingSetup:
     config: RunConfig
     dataset: Dataset
     base_model: nn.Module  # the model as built; wrappers (DP, compile) share its parameters
-    model_spec: dict[
-        str, Any
-    ]  # the recipe saved in model.pt; a plugin that changes the architecture records it here
+    # The recipe saved in model.pt; a plugin that changes the architecture records it here.
+    model_spec: dict[str, Any]
     model: nn.Module
     optimizer: torch.optim.Optimizer
     criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # returns per-sample losses
@@ -150,7 +153,8 @@ def predict_logits(
     return torch.cat(out) if out else torch.zeros(0)
 
 
-def _validate(setup: TrainingSetup) -> tuple[float, float]:
+def validate(setup: TrainingSetup) -> tuple[float, float]:
+    """Loss and accuracy of ``setup.model`` on the validation split; NaN for both when it is empty."""
     val = setup.dataset.val
     if len(val) == 0:
         return math.nan, math.nan
@@ -159,9 +163,197 @@ def _validate(setup: TrainingSetup) -> tuple[float, float]:
     return loss, (logits.argmax(1) == val.y).float().mean().item()
 
 
-def _sync(device: torch.device) -> None:
+def _clock(device: torch.device) -> float:
+    """``time.perf_counter()`` once queued CUDA work has finished, so that timings cover it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+class TrainingStep:
+    """One optimizer step on a batch of row indices; holds the training tensors on the device and the AMP scaler."""
+
+    def __init__(self, setup: TrainingSetup) -> None:
+        self.setup = setup
+        # The model and optimizer as the loop starts; the rest of ``setup`` is read at every step.
+        self.model, self.optimizer, device = setup.model, setup.optimizer, setup.device
+        train_split = setup.dataset.train
+        pin = device.type == "cuda"  # a pinned source lets the copy to the GPU run asynchronously
+        self.x = (train_split.x.pin_memory() if pin else train_split.x).to(device, non_blocking=True)
+        self.y = train_split.y.to(device, non_blocking=True)
+        weights = setup.sample_weights
+        self.weights = weights.to(device) if weights is not None else None
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.scaler = torch.amp.GradScaler("cuda") if setup.use_amp else None
+
+    def __call__(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Forward, weighted mean loss, backward, step; return the detached loss and the gradient norm (or None)."""
+        setup = self.setup
+        idx = idx.to(setup.device, non_blocking=True)
+        xb, yb = self.x.index_select(0, idx), self.y.index_select(0, idx)
+        if setup.batch_transform is not None:
+            xb = setup.batch_transform(xb, yb)
+        with torch.autocast(setup.device.type, enabled=setup.use_amp):
+            per_sample = setup.criterion(self.model(xb), yb)
+        if self.weights is not None:
+            per_sample = per_sample * self.weights.index_select(0, idx)
+        # sum / rows rather than .mean(): an empty Poisson batch then gives a loss of 0, not NaN.
+        loss = per_sample.float().sum() / max(len(idx), 1)
+        self.optimizer.zero_grad(set_to_none=True)
+        self._backward(loss, len(idx))
+        norm = self._grad_norm()
+        self._optimizer_step()
+        return loss.detach(), norm
+
+    def _backward(self, loss: torch.Tensor, rows: int) -> None:
+        """Gradients of ``loss``: via the AMP scaler (unscaled again for the norm), ``setup.backward`` or autograd."""
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        elif self.setup.backward is not None:
+            self.setup.backward(loss, rows)
+        else:
+            loss.backward()
+
+    def _grad_norm(self) -> torch.Tensor | None:
+        """The total gradient norm, clipped to ``setup.grad_clip`` when set; None when neither clipped nor tracked."""
+        if self.setup.grad_clip is not None:
+            return nn.utils.clip_grad_norm_(self.params, self.setup.grad_clip)
+        if self.setup.track_grad_norm:  # the norm only, without clip_grad_norm_'s multiply by 1
+            return _total_norm([p.grad for p in self.params if p.grad is not None])
+        return None
+
+    def _optimizer_step(self) -> None:
+        """The optimizer's step (the scaler skips steps with inf/NaN gradients), then a per-step schedule's."""
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        if self.setup.scheduler is not None and self.setup.scheduler_per_step:
+            self.setup.scheduler.step()
+
+
+def run_epoch(step: TrainingStep, bar: tqdm) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """One pass over the sampler's batches: per-step losses and gradient norms (kept on the device), rows seen."""
+    setup = step.setup
+    step.model.train()
+    steps_per_epoch = setup.batch_sampler.steps_per_epoch
+    # Filled on the device and read once at the end of the epoch: no host sync per step.
+    losses = torch.zeros(steps_per_epoch, device=setup.device)
+    norms = torch.zeros(steps_per_epoch, device=setup.device)
+    rows = 0
+    for i, idx in enumerate(setup.batch_sampler(setup.generator)):
+        losses[i], norm = step(idx)
+        if norm is not None:
+            norms[i] = norm
+        rows += len(idx)
+        bar.update(1)
+    return losses, norms, rows
+
+
+class HealthChecks:
+    """The loop's health checks: a non-finite loss or gradient norm stops it; explosions and divergence warn."""
+
+    def __init__(self) -> None:
+        self.norm_baseline: float | None = None  # the first epoch's median gradient norm
+        self.warnings: list[str] = []
+
+    @staticmethod
+    def check_finite(epoch: int, losses: torch.Tensor, norms: torch.Tensor) -> None:
+        """Raise ``TrainingDiverged`` naming the epoch and step of the first non-finite loss or gradient norm."""
+        bad = ~torch.isfinite(losses) | ~torch.isfinite(norms)
+        if not bad.any():
+            return
+        first = int(bad.nonzero()[0])
+        what = "loss" if not torch.isfinite(losses[first]) else "gradient norm"
+        value = losses[first].item() if what == "loss" else norms[first].item()
+        raise TrainingDiverged(
+            f"training diverged: the {what} became {value} "
+            f"at epoch {epoch}, step {first + 1}; try a lower --lr or --grad-clip"
+        )
+
+    @staticmethod
+    def check_weights(epoch: int, model: nn.Module) -> None:
+        """Raise ``TrainingDiverged`` when an update left a weight NaN or infinite (a finite loss can precede it)."""
+        bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            raise TrainingDiverged(
+                f"training diverged: the weights of {bad[0]} became NaN or infinite in epoch {epoch}; "
+                "try a lower --lr or --grad-clip"
+            )
+
+    def check_grad_norms(self, epoch: int, norms: torch.Tensor) -> None:
+        """Warn once when a step's gradient norm exceeds ``EXPLODING_FACTOR`` times the first epoch's median."""
+        if self.norm_baseline is None:
+            self.norm_baseline = float(norms.median())
+        elif (
+            self.norm_baseline > 0
+            and float(norms.max()) > EXPLODING_FACTOR * self.norm_baseline
+            and not any("exploding" in w for w in self.warnings)
+        ):
+            self.warnings.append(
+                f"exploding gradient norms: epoch {epoch} reached {float(norms.max()):.3g}, "
+                f"over {EXPLODING_FACTOR:g}x the first epoch's median {self.norm_baseline:.3g}"
+            )
+
+    def check_validation(self, history: list[dict[str, float]]) -> None:
+        """Warn when the validation loss ends an epoch above ``DIVERGING_FACTOR`` times its lowest, twice or more."""
+        lowest = math.inf
+        for record in history:  # min() in epoch order from inf: a NaN loss never becomes the lowest
+            lowest = min(lowest, record["val_loss"])
+        diverging = [h for h in history if h["val_loss"] > DIVERGING_FACTOR * lowest]
+        if len(diverging) >= 2 and diverging[-1]["epoch"] == history[-1]["epoch"]:
+            self.warnings.append(
+                f"validation loss diverged: {history[-1]['val_loss']:.4f} at epoch {history[-1]['epoch']} "
+                f"against the lowest {lowest:.4f}"
+            )
+
+
+class EarlyStopping:
+    """Tracks the best epoch on ``monitor`` ("val_loss", lower, or "val_accuracy", higher) and keeps its weights."""
+
+    def __init__(self, monitor: str, patience: int | None) -> None:
+        self.monitor, self.patience = monitor, patience
+        self.best_score, self.best_epoch, self.stale = math.inf, 0, 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def update(self, epoch: int, record: dict[str, float], model: nn.Module) -> bool:
+        """Score this epoch, keep the weights if it is the best so far; True once patience has run out."""
+        score = record["val_loss"] if self.monitor == "val_loss" else -record["val_accuracy"]
+        if score < self.best_score:  # a NaN score (no validation rows) never improves
+            self.best_score, self.best_epoch, self.stale = score, epoch, 0
+            if self.patience is not None:  # without early stopping the last weights are kept: no copy needed
+                self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            self.stale += 1
+        return self.patience is not None and self.stale >= self.patience
+
+    def restore(self, model: nn.Module, epochs_run: int) -> int:
+        """Load the best epoch's weights into ``model`` when early stopping is on; return the kept epoch."""
+        if self.best_state is None:
+            return epochs_run
+        model.load_state_dict(self.best_state)
+        return self.best_epoch
+
+
+def epoch_record(
+    step: TrainingStep, epoch: int, losses: torch.Tensor, norms: torch.Tensor, t0: float
+) -> dict[str, float]:
+    """The epoch's row of the training history, before plugins add theirs (validation runs here)."""
+    setup = step.setup
+    val_loss, val_acc = validate(setup)
+    record = {
+        "epoch": epoch,
+        "train_loss": float(losses.mean()),
+        "val_loss": val_loss,
+        "val_accuracy": val_acc,
+        "lr": step.optimizer.param_groups[0]["lr"],
+        "epoch_time_s": time.perf_counter() - t0,
+    }
+    if setup.track_grad_norm:
+        record["grad_norm_median"] = float(norms.median())
+    return record
 
 
 def train(
@@ -172,128 +364,43 @@ def train(
     desc: str | None = None,
 ) -> TrainResult:
     """Train ``setup.model``; keep the weights of the best validation epoch when early stopping is on."""
-    config, device, model, optimizer = setup.config, setup.device, setup.model, setup.optimizer
-    pin = device.type == "cuda"
-    X = (setup.dataset.train.x.pin_memory() if pin else setup.dataset.train.x).to(device, non_blocking=True)
-    Y = setup.dataset.train.y.to(device, non_blocking=True)
-    W = setup.sample_weights.to(device) if setup.sample_weights is not None else None
-    params = [p for p in model.parameters() if p.requires_grad]
-    scaler = torch.amp.GradScaler("cuda") if setup.use_amp else None
-    steps_per_epoch = setup.batch_sampler.steps_per_epoch
+    config, device, steps_per_epoch = setup.config, setup.device, setup.batch_sampler.steps_per_epoch
+    step, health = TrainingStep(setup), HealthChecks()
+    stopping = EarlyStopping(setup.monitor, config.patience)
     history: list[dict[str, float]] = []
-    warnings: list[str] = []
-    best = (math.inf, 0, None)  # (monitored score, lower is better; epoch; state)
-    lowest_val_loss = math.inf
-    patience, stale, steps, seen, train_time, norm_baseline = config.patience, 0, 0, 0, 0.0, None
-    wall_start = time.perf_counter()
+    steps, seen, train_time, wall_start = 0, 0, 0.0, time.perf_counter()
     bar = progress_bar(
         total=config.epochs * steps_per_epoch, desc=desc, unit="step", enabled=progress, leave=desc is None
     )
     for epoch in range(1, config.epochs + 1):
-        model.train()
-        losses = torch.zeros(steps_per_epoch, device=device)
-        norms = torch.zeros(steps_per_epoch, device=device)
-        _sync(device)
-        t0 = time.perf_counter()
-        for step, idx in enumerate(setup.batch_sampler(setup.generator)):
-            idx = idx.to(device, non_blocking=True)
-            xb, yb = X.index_select(0, idx), Y.index_select(0, idx)
-            if setup.batch_transform is not None:
-                xb = setup.batch_transform(xb, yb)
-            with torch.autocast(device.type, enabled=setup.use_amp):
-                per_sample = setup.criterion(model(xb), yb)
-            if W is not None:
-                per_sample = per_sample * W.index_select(0, idx)
-            loss = per_sample.float().sum() / max(len(idx), 1)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-            elif setup.backward is not None:
-                setup.backward(loss, len(idx))
-            else:
-                loss.backward()
-            if setup.grad_clip is not None:
-                norms[step] = nn.utils.clip_grad_norm_(params, setup.grad_clip)
-            elif setup.track_grad_norm:  # the norm only, without clip_grad_norm_'s multiply by 1
-                norms[step] = _total_norm([p.grad for p in params if p.grad is not None])
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            if setup.scheduler is not None and setup.scheduler_per_step:
-                setup.scheduler.step()
-            losses[step] = loss.detach()
-            seen += len(idx)
-            bar.update(1)
-        _sync(device)
-        train_time += time.perf_counter() - t0
-        steps += steps_per_epoch
-        bad = ~torch.isfinite(losses) | ~torch.isfinite(norms)
-        if bad.any():
-            first = int(bad.nonzero()[0])
-            what = "loss" if not torch.isfinite(losses[first]) else "gradient norm"
-            raise TrainingDiverged(
-                f"training diverged: the {what} became {losses[first].item() if what == 'loss' else norms[first].item()} "
-                f"at epoch {epoch}, step {first + 1}; try a lower --lr or --grad-clip"
-            )
+        t0 = _clock(device)
+        losses, norms, rows = run_epoch(step, bar)
+        train_time += _clock(device) - t0
+        steps, seen = steps + steps_per_epoch, seen + rows
+        health.check_finite(epoch, losses, norms)
+        health.check_weights(epoch, setup.base_model)
         if setup.scheduler is not None and not setup.scheduler_per_step:
             setup.scheduler.step()
         if setup.track_grad_norm:
-            if norm_baseline is None:
-                norm_baseline = float(norms.median())
-            elif (
-                norm_baseline > 0
-                and float(norms.max()) > EXPLODING_FACTOR * norm_baseline
-                and not any("exploding" in w for w in warnings)
-            ):
-                warnings.append(
-                    f"exploding gradient norms: epoch {epoch} reached {float(norms.max()):.3g}, "
-                    f"over {EXPLODING_FACTOR:g}x the first epoch's median {norm_baseline:.3g}"
-                )
-        val_loss, val_acc = _validate(setup)
-        record = {
-            "epoch": epoch,
-            "train_loss": float(losses.mean()),
-            "val_loss": val_loss,
-            "val_accuracy": val_acc,
-            "lr": optimizer.param_groups[0]["lr"],
-            "epoch_time_s": time.perf_counter() - t0,
-        }
-        if setup.track_grad_norm:
-            record["grad_norm_median"] = float(norms.median())
+            health.check_grad_norms(epoch, norms)
+        record = epoch_record(step, epoch, losses, norms, t0)
         for extra in after_epoch(EpochState(setup=setup, epoch=epoch, steps_done=steps, record=record)):
             record.update(extra or {})
         history.append(record)
-        bar.set_postfix(epoch=epoch, loss=f"{record['train_loss']:.4f}", val_acc=f"{val_acc:.4f}")
-        lowest_val_loss = min(lowest_val_loss, val_loss)
-        score = val_loss if setup.monitor == "val_loss" else -val_acc
-        if score < best[0]:
-            state = {k: v.detach().clone() for k, v in setup.base_model.state_dict().items()}
-            best, stale = (score, epoch, state), 0
-        else:
-            stale += 1
-        if patience is not None and stale >= patience and epoch < config.epochs:
-            break
-    bar.close()
-    diverging = [h for h in history if h["val_loss"] > 1.5 * lowest_val_loss]
-    if len(diverging) >= 2 and diverging[-1]["epoch"] == history[-1]["epoch"]:
-        warnings.append(
-            f"validation loss diverged: {history[-1]['val_loss']:.4f} at epoch {history[-1]['epoch']} "
-            f"against the lowest {lowest_val_loss:.4f}"
+        bar.set_postfix(
+            epoch=epoch, loss=f"{record['train_loss']:.4f}", val_acc=f"{record['val_accuracy']:.4f}"
         )
-    stopped_early = len(history) < config.epochs
-    if patience is not None and best[2] is not None:
-        setup.base_model.load_state_dict(best[2])
-    best_epoch = best[1] if patience is not None and best[2] is not None else len(history)
+        if stopping.update(epoch, record, setup.base_model):
+            break  # on the last epoch this changes nothing: the loop ends either way
+    bar.close()
+    health.check_validation(history)
     return TrainResult(
         history=history,
-        best_epoch=best_epoch,
-        stopped_early=stopped_early,
+        best_epoch=stopping.restore(setup.base_model, len(history)),
+        stopped_early=len(history) < config.epochs,
         steps=steps,
         samples_seen=seen,
         train_time_s=train_time,
         wall_time_s=time.perf_counter() - wall_start,
-        warnings=warnings,
+        warnings=health.warnings,
     )

@@ -22,13 +22,19 @@ OPERATORS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operat
 BOUNDS = {"point": "", "lower": ".ci_low", "upper": ".ci_high"}
 SEVERITIES = ("error", "warn")
 _SHORTHAND = re.compile(r"^\s*(?P<metric>\S+)\s*(?P<op><=|>=|==|<|>)\s*(?P<value>\S+)\s*$")
+SECTION_ORDER = 90  # after every measuring section, before compliance (which reads its verdicts)
+# payload key -> table column
+RESULT_COLUMNS = {
+    "rule": "rule",
+    "metric": "metric",
+    "value": "value",
+    "threshold": "threshold",
+    "severity": "severity",
+    "verdict": "verdict",
+    "detail": "detail",
+    "rationale": "rationale",
+}
 _RULE_KEYS = {"id", "metric", "op", "value", "bound", "severity", "rationale", "max_drop", "max_increase"}
-GATE_METRIC_SPECS = [
-    MetricSpec("gate.passed", True, "flag", "1 when no error-severity rule failed, else 0"),
-    MetricSpec("gate.rules_checked", None, "rules", "(rule, metric) verdicts the policy produced"),
-    MetricSpec("gate.rules_failed", False, "rules", "Verdicts that failed an error-severity rule"),
-    MetricSpec("gate.rules_warned", False, "rules", "Verdicts that failed a warn-severity rule"),
-]
 
 
 @dataclass(frozen=True)
@@ -195,30 +201,54 @@ def globs_overlap(a: str, b: str) -> bool:
     return meet(0, 0)
 
 
+def renamed_metric(name: str, specs: list[MetricSpec]) -> str | None:
+    """The current name of a metric (or glob) that a spec lists under ``former_names``; None when none does."""
+    for spec in specs:
+        for former in spec.former_names:
+            # each * of a former name is one dotted segment, carried into the same * of the current name
+            pattern = "^" + re.escape(former).replace(r"\*", "([^.]+)") + "$"
+            match = re.match(pattern, name)
+            if match:
+                pieces = spec.name.split("*")
+                return pieces[0] + "".join(
+                    seg + rest for seg, rest in zip(match.groups(), pieces[1:], strict=True)
+                )
+    return None
+
+
 def check_rule_metrics(
-    rules: list[Rule], *, policy_path: str, metrics: dict[str, Any], declared: list[str]
+    rules: list[Rule], *, policy_path: str, metrics: dict[str, Any], specs: list[MetricSpec]
 ) -> None:
     """Refuse a rule whose metric (or glob) matches nothing in the report and nothing any installed plugin declares.
 
-    Such a name is a typo or a plugin missing here, not a metric this run happened not to produce (that one
-    fails closed as usual), so it is bad input: one line, exit code 2, with the nearest known names.
+    Such a name is a typo, a renamed metric or a plugin missing here, not a metric this run happened not to
+    produce (that one fails closed as usual), so it is bad input: one line, exit code 2, with the new name of
+    a renamed metric or the nearest known names.
     """
     import difflib
 
+    declared = [s.name for s in specs]
     for rule in rules:
         name = interval_base(rule.metric) or rule.metric
         if any(n in metrics for n in matching_metrics(name, metrics)):
             continue
         if any(globs_overlap(name, pattern) for pattern in declared):
             continue
+        where = f"policy {policy_path}, rule {rule.id}: metric {rule.metric!r}"
+        current = renamed_metric(name, specs)
+        if current is not None:
+            suffix = rule.metric[len(name) :]
+            raise AuditError(
+                f"{where} was renamed to {current + suffix!r} (see CHANGELOG.md); update the policy"
+            )
         known = dict.fromkeys(
             [*(m for m in metrics if interval_base(m) is None), *(p for p in declared if "*" not in p)]
         )
         near = difflib.get_close_matches(name, list(known), n=3, cutoff=0.6)
         hint = f"; nearest: {', '.join(near)}" if near else ""
         raise AuditError(
-            f"policy {policy_path}, rule {rule.id}: metric {rule.metric!r} is unknown: no metric of the report matches it and "
-            f"no installed plugin declares it; expected a name from 'audit metrics REPORT'{hint}"
+            f"{where} is unknown: no metric of the report matches it and no installed plugin declares it; "
+            f"expected a name from 'audit metrics REPORT'{hint}"
         )
 
 
@@ -286,9 +316,32 @@ def _apply(rule: Rule, name: str, metrics: dict[str, Any], baseline: dict[str, A
     return RuleResult(rule, key, value, _verdict(rule, OPERATORS[rule.op](value, rule.value)))
 
 
+def gate_data(result: GateResult) -> dict[str, Any]:
+    """The gate section's payload: the policy, the verdict, and one result per (rule, metric)."""
+    return {
+        "policy": result.policy_path,
+        "policy_sha256": result.policy_sha256,
+        "passed": result.passed,
+        "results": [
+            {
+                "rule": r.rule.id,
+                "metric": r.metric,
+                "value": r.value,
+                "threshold": r.rule.describe(),
+                "severity": r.rule.severity,
+                "verdict": r.verdict.upper(),
+                "detail": r.detail,
+                "rationale": r.rule.rationale,
+            }
+            for r in result.results
+        ],
+    }
+
+
 def gate_section(result: GateResult) -> Section:
-    """The ``gate`` report section: verdicts as a table and pass/fail counts as metrics."""
-    section = Section("gate", "Release gate")
+    """The ``gate`` report section: the verdicts' payload, its table, and pass/fail counts as metrics."""
+    data = gate_data(result)
+    section = Section("gate", "Release gate", data=data, order=SECTION_ORDER)
     section.add_metric("passed", 1 if result.passed else 0)
     section.add_metric("rules_checked", len(result.results))
     section.add_metric("rules_failed", sum(r.verdict == "fail" for r in result.results))
@@ -296,20 +349,8 @@ def gate_section(result: GateResult) -> Section:
     section.tables.append(
         Table(
             "Rules",
-            ["rule", "metric", "value", "threshold", "severity", "verdict", "detail", "rationale"],
-            [
-                [
-                    r.rule.id,
-                    r.metric,
-                    r.value,
-                    r.rule.describe(),
-                    r.rule.severity,
-                    r.verdict.upper(),
-                    r.detail,
-                    r.rule.rationale,
-                ]
-                for r in result.results
-            ],
+            list(RESULT_COLUMNS.values()),
+            [[row[key] for key in RESULT_COLUMNS] for row in data["results"]],
         )
     )
     section.notes.append(
@@ -319,11 +360,11 @@ def gate_section(result: GateResult) -> Section:
 
 
 def gate_report_in_place(
-    report: Report, *, policy_path: str, declared: list[str], baseline: dict[str, Any] | None = None
+    report: Report, *, policy_path: str, specs: list[MetricSpec], baseline: dict[str, Any] | None = None
 ) -> GateResult:
-    """Evaluate a policy on a report being built and add the gate section to it (``declared``: metric spec names)."""
+    """Evaluate a policy on a report being built and add the gate section to it (``specs``: the declared metrics)."""
     rules, digest = load_policy(policy_path)
-    check_rule_metrics(rules, policy_path=policy_path, metrics=report.metrics, declared=declared)
+    check_rule_metrics(rules, policy_path=policy_path, metrics=report.metrics, specs=specs)
     result = evaluate_policy(rules, report.metrics, baseline=baseline)
     result.policy_path, result.policy_sha256 = policy_path, digest
     report.run["policy_sha256"] = digest

@@ -1,4 +1,4 @@
-"""The report-side commands: gate, metrics, diff, verify."""
+"""The report-side commands: gate, metrics, diff, verify, keygen."""
 
 from __future__ import annotations
 
@@ -10,11 +10,21 @@ from typing import Any
 import pluggy
 
 from audit.errors import AuditError
-from audit.report import Report, content_digest, read_report, write_atomic
+from audit.outputs import check_writable, write_atomic, write_report_set
+from audit.report import Report, read_report
+from audit.signing import (
+    CHECKSUM_ONLY,
+    Verification,
+    add_sign_key_argument,
+    generate_keys,
+    load_public_key,
+    resolve_sign_key,
+    verify_report,
+)
 
 
 def add_subcommands(sub: Any) -> None:
-    """Register gate, metrics, diff and verify on the CLI's subparsers."""
+    """Register gate, metrics, diff, verify and keygen on the CLI's subparsers."""
     gate = sub.add_parser(
         "gate", help="pass/fail a report against a policy (exit 0 pass, 1 fail, 2 bad input)"
     )
@@ -26,6 +36,8 @@ def add_subcommands(sub: Any) -> None:
     gate.add_argument(
         "--write-report", action="store_true", help="add the gate section to the report and re-render it"
     )
+    gate.add_argument("--public-key", metavar="FILE", help="refuse the report unless this key signed it")
+    add_sign_key_argument(gate)
     metrics = sub.add_parser("metrics", help="list every metric name and value of a report")
     metrics.add_argument("report")
     metrics.add_argument("--json", action="store_true", help="print JSON")
@@ -33,27 +45,53 @@ def add_subcommands(sub: Any) -> None:
     diff.add_argument("old")
     diff.add_argument("new")
     diff.add_argument("--all", action="store_true", help="also list unchanged metrics")
-    verify = sub.add_parser("verify", help="check that report.json was not edited since it was written")
+    verify = sub.add_parser(
+        "verify", help="check report.json, the files it lists and its signature (exit 0 OK, 1 modified)"
+    )
     verify.add_argument("report")
+    verify.add_argument("--public-key", metavar="FILE", help="also check that this key signed the report")
+    keygen = sub.add_parser("keygen", help="write an Ed25519 key pair for --sign-key and --public-key")
+    keygen.add_argument(
+        "--out", required=True, metavar="DIR", help="folder for the key pair (never overwritten)"
+    )
 
 
 def print_gate_table(report: dict[str, Any]) -> None:
-    """Print the gate section's verdicts as a terminal table."""
+    """Print the gate section's verdicts (from its payload) as a terminal table."""
     section = next((s for s in report.get("sections", []) if s["name"] == "gate"), None)
     if section is None:
         return
-    rows = section["tables"][0]["rows"]
     print(f"{'rule':<24} {'metric':<52} {'value':>10}  {'threshold':<28} verdict")
-    for rule_id, metric, value, threshold, _sev, verdict, detail, _why in rows:
-        shown = "missing" if value is None else f"{value:.4g}"
+    for r in section["data"]["results"]:
+        shown = "missing" if r["value"] is None else f"{r['value']:.4g}"
+        detail = f"  ({r['detail']})" if r["detail"] else ""
         print(
-            f"{rule_id[:24]:<24} {metric[:52]:<52} {shown:>10}  {threshold[:28]:<28} {verdict}{'  (' + detail + ')' if detail else ''}"
+            f"{r['rule'][:24]:<24} {r['metric'][:52]:<52} {shown:>10}  {r['threshold'][:28]:<28} {r['verdict']}{detail}"
         )
-    print("gate: PASS" if report["metrics"].get("gate.passed") == 1 else "gate: FAIL")
+    print("gate: PASS" if section["data"]["passed"] else "gate: FAIL")
+
+
+def _verified_for_gate(args: argparse.Namespace) -> tuple[dict[str, Any], Verification, Any]:
+    """Read and verify the report (and baseline) before gating; load the key that signs a rewritten report."""
+    data = read_report(args.report)
+    public = load_public_key(args.public_key) if args.public_key else None
+    found = verify_report(Path(args.report), data, public_key=public, strict_files=False)
+    if found.problems:
+        raise AuditError(f"report {args.report} fails verification, not gated: {'; '.join(found.problems)}")
+    if args.baseline:
+        old = verify_report(Path(args.baseline), read_report(args.baseline), strict_files=False)
+        if old.problems:
+            raise AuditError(f"baseline {args.baseline} fails verification: {'; '.join(old.problems)}")
+    sign_key = resolve_sign_key(args.sign_key) if args.write_report else None
+    if sign_key is None and args.write_report and "signature" in data:
+        raise AuditError(
+            f"report {args.report} is signed; --write-report needs --sign-key (or $AUDIT_SIGN_KEY) to sign it again"
+        )
+    return data, found, sign_key
 
 
 def _gate(args: argparse.Namespace, pm: pluggy.PluginManager) -> int:
-    from audit.compliance import collect_metric_specs, evidence_from_section, refresh_compliance
+    from audit.compliance import evidence_from_section, refresh_compliance
     from audit.gate import (
         check_rule_metrics,
         evaluate_policy,
@@ -62,14 +100,15 @@ def _gate(args: argparse.Namespace, pm: pluggy.PluginManager) -> int:
         load_policy,
         markdown_summary,
     )
+    from audit.plugins import collect_metric_specs
 
-    data = read_report(args.report)
+    for option, value in (("--junit", args.junit), ("--summary", args.summary)):
+        if value:
+            check_writable(Path(value), folder=False, what=option)
+    data, found, sign_key = _verified_for_gate(args)
     rules, digest = load_policy(args.policy)
     check_rule_metrics(
-        rules,
-        policy_path=args.policy,
-        metrics=data["metrics"],
-        declared=[s.name for s in collect_metric_specs(pm)],
+        rules, policy_path=args.policy, metrics=data["metrics"], specs=collect_metric_specs(pm)
     )
     baseline = read_report(args.baseline)["metrics"] if args.baseline else None
     result = evaluate_policy(rules, data["metrics"], baseline=baseline)
@@ -87,13 +126,9 @@ def _gate(args: argparse.Namespace, pm: pluggy.PluginManager) -> int:
         refresh_compliance(report, evidence)
     updated = report.to_dict()
     if args.write_report:
-        from audit.render import render_beside
-
-        path = Path(args.report)
-        files = render_beside(updated, path)
-        write_atomic(path, json.dumps(updated, indent=2))
-        for target, text in files.values():
-            write_atomic(target, text)
+        # the files this write keeps (model.pt) stay in the manifest, as verified just now
+        kept = {name: data["manifest"][name] for name in found.files}
+        updated = write_report_set(Path(args.report), updated, sign_key=sign_key, carried=kept)
     print_gate_table(updated)
     return 0 if result.passed else 1
 
@@ -106,7 +141,8 @@ def _metrics(args: argparse.Namespace) -> int:
     width = max((len(k) for k in data["metrics"]), default=10)
     for name, value in data["metrics"].items():
         print(
-            f"{name:<{width}}  {'—' if value is None else format(value, '.6g') if isinstance(value, (int, float)) else value}"
+            f"{name:<{width}}  "
+            f"{'—' if value is None else format(value, '.6g') if isinstance(value, (int, float)) else value}"
         )
     return 0
 
@@ -133,18 +169,36 @@ def _diff(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     data = read_report(args.report)
-    recorded = data.get("content_sha256")
-    if not recorded:
-        raise AuditError(
-            f"report {args.report} has no content_sha256; expected a report.json from 'audit train'"
-        )
-    actual = content_digest(data)
-    if actual != recorded:
-        print(
-            f"MODIFIED: report {args.report} does not match its content_sha256 (recorded {recorded[:16]}…, now {actual[:16]}…)"
-        )
+    public = load_public_key(args.public_key) if args.public_key else None
+    found = verify_report(Path(args.report), data, public_key=public)
+    if found.problems:
+        verdict = "MODIFIED" if found.modified else "NOT VERIFIED"
+        print(f"{verdict}: report {args.report}: {'; '.join(found.problems)}")
         return 1
-    print(f"OK: report {args.report} matches its content_sha256 {recorded}")
+    covered = f"matches its content_sha256 {data['content_sha256']}"
+    if found.has_manifest:
+        covered += f" and the {len(found.files)} files it lists ({', '.join(found.files)})"
+    else:
+        covered += " (an older report: it lists no files, so only report.json is checked)"
+    if found.key_id is None:
+        print(f"OK (checksum only): report {args.report} {covered}; {CHECKSUM_ONLY}")
+    elif public is None:
+        print(
+            f"OK: report {args.report} {covered}; "
+            f"signature valid for key {found.key_id}; pass --public-key to check who signed"
+        )
+    else:
+        print(
+            f"OK: report {args.report} {covered}; signed by key {found.key_id}, the key in {args.public_key}"
+        )
+    return 0
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    private, public, kid = generate_keys(args.out)
+    print(f"private key: {private} (mode 0600; keep it secret: it signs reports, --sign-key)")
+    print(f"public key:  {public} (for whoever checks: audit verify REPORT --public-key {public})")
+    print(f"key id:      {kid}")
     return 0
 
 
@@ -152,4 +206,4 @@ def dispatch(args: argparse.Namespace, pm: pluggy.PluginManager) -> int:
     """Run one of this module's subcommands."""
     if args.cmd == "gate":
         return _gate(args, pm)
-    return {"metrics": _metrics, "diff": _diff, "verify": _verify}[args.cmd](args)
+    return {"metrics": _metrics, "diff": _diff, "verify": _verify, "keygen": _keygen}[args.cmd](args)

@@ -8,7 +8,7 @@ CONFIDENCE = 0.95
 
 
 def clopper_pearson(successes: int, trials: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """The exact two-sided interval of a binomial proportion: it covers the true rate at least ``confidence`` of the time.
+    """The exact two-sided interval of a binomial proportion: it covers the true rate >= ``confidence`` of the time.
 
     Conservative by construction (never narrower than the nominal level), so a gate on its lower bound is safe.
     """

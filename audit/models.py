@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -103,34 +104,144 @@ def model_spec(
     raise AuditError(f"--model {name!r} is unknown; expected auto, mlp, cnn or package.module:factory")
 
 
-def build_model(spec: dict[str, Any]) -> nn.Module:
-    """Build a model from its recipe; a user's factory gets the keyword arguments it accepts."""
-    model = _build(spec)
+BUILTIN_MODELS = {"mlp": MLP, "cnn": SmallCNN}
+# the keyword arguments a built-in recipe may hold, with their types: a model file is data, checked as such
+RECIPE_KEYS = {
+    "mlp": {"input_dim": int, "num_classes": int, "hidden": list, "dropout": (int, float)},
+    "cnn": {"input_shape": list, "num_classes": int, "channels": list, "dropout": (int, float)},
+}
+
+
+def build_model(spec: dict[str, Any], *, trusted_factory: str | None = None) -> nn.Module:
+    """Build a model from its recipe: a built-in architecture, or the factory the user named (``trusted_factory``).
+
+    A recipe is data (it may come from a model file): it never chooses code to import. A factory recipe is
+    built only when its name equals the one the user gave on the command line or in the API.
+    """
+    if (
+        not isinstance(spec, dict)
+        or not isinstance(spec.get("name"), str)
+        or not isinstance(spec.get("kwargs"), dict)
+    ):
+        raise AuditError("the model recipe is damaged; expected {'name': ..., 'kwargs': {...}}")
+    name = spec["name"]
+    if name in BUILTIN_MODELS:
+        model = _build_builtin(name, spec["kwargs"])
+    elif ":" in name and name == trusted_factory:
+        model = _build_factory(name, spec["kwargs"])
+    elif ":" in name:
+        raise AuditError(
+            f"the model file's recipe names the factory {name!r}; a model file never chooses code to run: "
+            f"if you trust that code, pass --model-factory {name}"
+        )
+    else:
+        raise AuditError(
+            f"the model recipe names {name!r}; expected one of {', '.join(BUILTIN_MODELS)} or a factory"
+        )
     if spec.get("batchnorm_replaced"):
         model, _ = replace_batchnorm(model)
     return model
 
 
-def _build(spec: dict[str, Any]) -> nn.Module:
-    name, kwargs = spec["name"], dict(spec["kwargs"])
-    if name == "mlp":
-        return MLP(**kwargs)
+def _build_builtin(name: str, kwargs: dict[str, Any]) -> nn.Module:
+    allowed = RECIPE_KEYS[name]
+    wrong = [
+        k
+        for k, v in kwargs.items()
+        if k not in allowed or not isinstance(v, allowed[k]) or isinstance(v, bool)
+    ]
+    if wrong or set(kwargs) != set(allowed):
+        raise AuditError(f"the {name} recipe is damaged (keys {sorted(kwargs)}); expected {sorted(allowed)}")
+    kwargs = dict(kwargs)
     if name == "cnn":
         kwargs["input_shape"] = tuple(kwargs["input_shape"])
-        return SmallCNN(**kwargs)
+    try:
+        return BUILTIN_MODELS[name](**kwargs)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise AuditError(f"the {name} recipe is damaged ({exc})") from None
+
+
+def load_factory(name: str) -> Callable[..., Any]:
+    """Import ``package.module:factory`` (a name the user gave); one line naming what went wrong."""
     module_name, _, attr = name.partition(":")
     try:
         factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
+    except (ImportError, AttributeError, ValueError) as exc:
         raise AuditError(
             f"--model {name!r} could not be loaded ({exc}); expected package.module:factory on the Python path"
         ) from None
-    accepted = inspect.signature(factory).parameters
+    except (
+        Exception
+    ) as exc:  # a module that fails to import (SyntaxError, an error at import time) is bad input
+        raise AuditError(
+            f"--model {name!r}: importing {module_name} failed ({type(exc).__name__}: {exc})"
+        ) from None
+    if not callable(factory):
+        raise AuditError(f"--model {name!r} is a {type(factory).__name__}, not a callable factory")
+    return factory
+
+
+def _required_arguments(
+    factory: Callable[..., Any], given: dict[str, Any]
+) -> tuple[list[str], dict[str, Any]]:
+    """(parameters the factory requires that it would not get, the keyword arguments it accepts)."""
+    try:
+        accepted = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return [], dict(given)
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
-    model = factory(**{k: v for k, v in kwargs.items() if takes_any or k in accepted})
+    kinds = (
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        inspect.Parameter.KEYWORD_ONLY,
+        inspect.Parameter.POSITIONAL_ONLY,
+    )
+    required = [
+        p.name
+        for p in accepted.values()
+        if p.default is inspect.Parameter.empty
+        and p.kind in kinds
+        and (p.name not in given or p.kind == p.POSITIONAL_ONLY)
+    ]
+    return required, {k: v for k, v in given.items() if takes_any or k in accepted}
+
+
+def _build_factory(name: str, kwargs: dict[str, Any]) -> nn.Module:
+    factory = load_factory(name)
+    required, passed = _required_arguments(factory, kwargs)
+    if required:
+        raise AuditError(
+            f"--model {name!r} requires {', '.join(required)}; a factory receives only input_shape and num_classes "
+            "(keyword arguments) and may take any subset of them"
+        )
+    try:
+        model = factory(**passed)
+    except Exception as exc:  # the user's code failed: one line naming it, no traceback
+        raise AuditError(f"--model {name!r} raised {type(exc).__name__}: {exc}") from None
     if not isinstance(model, nn.Module):
         raise AuditError(f"--model {name!r} returned {type(model).__name__}; expected a torch.nn.Module")
+    _check_outputs(model, name, kwargs)
     return model
+
+
+def _check_outputs(model: nn.Module, name: str, kwargs: dict[str, Any]) -> None:
+    """A factory's model must give one logit per class: checked on two zero rows before any training."""
+    shape, classes = tuple(kwargs["input_shape"]), kwargs["num_classes"]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros((2, *shape)))
+    except Exception as exc:
+        raise AuditError(
+            f"--model {name!r} failed on inputs of shape {(2, *shape)}: {type(exc).__name__}: {exc}"
+        ) from None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, classes):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise AuditError(
+            f"--model {name!r} returns outputs of shape {got} for 2 rows; expected (2, {classes}): one logit per class"
+        )
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -60,6 +60,8 @@ def run_info(
         "versions": package_versions(),
         "config": config.to_dict(),
         "config_sha256": sha256_hex(config_json.encode()),
+        # every value not listed here is the built-in default
+        "config_sources": dict(sorted(config.sources.items())),
         "data": {
             "name": dataset.name,
             "source": config.data,

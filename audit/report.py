@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import hashlib
 import json
 import math
-import os
 import re
-import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from audit.errors import AuditError
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 
 
 @dataclass(frozen=True)
@@ -131,12 +131,22 @@ class Report:
         self.sections = [s for s in self.sections if s.name != name]
         self.metrics = {k: v for k, v in self.metrics.items() if not k.startswith(name + ".")}
 
+    def mark_headlines(self, specs: list[MetricSpec]) -> None:
+        """Order the sections and list in each the metrics a spec marks ``headline`` (summary, model card)."""
+        self.sections.sort(key=lambda s: s.order)
+        for section in self.sections:
+            section.headline = [
+                name
+                for name in section.metrics
+                if interval_base(name) is None and getattr(spec_for(name, specs), "headline", False)
+            ]
+
     def section(self, name: str) -> Section | None:
         """The section called ``name``, if any."""
         return next((s for s in self.sections if s.name == name), None)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form, with ``content_sha256`` over everything else."""
+        """JSON-able form, with ``content_sha256`` over the body (``manifest`` and ``signature`` come later)."""
         body = {
             "schema_version": self.schema_version,
             "run": self.run,
@@ -172,6 +182,16 @@ class Report:
 INTERVAL_SUFFIXES = (".ci_low", ".ci_high")
 
 
+def spec_for(name: str, specs: Iterable[MetricSpec]) -> MetricSpec | None:
+    """The spec declaring ``name``: an exact name wins over a glob; among globs, the longest pattern."""
+    specs = list(specs)
+    exact = next((s for s in specs if s.name == name), None)
+    if exact is not None:
+        return exact
+    globs = [s for s in specs if fnmatch.fnmatchcase(name, s.name)]
+    return max(globs, key=lambda s: len(s.name), default=None)
+
+
 def interval_base(name: str) -> str | None:
     """The metric a ``.ci_low`` / ``.ci_high`` name bounds; None for a metric of its own."""
     return next((name[: -len(s)] for s in INTERVAL_SUFFIXES if name.endswith(s)), None)
@@ -182,10 +202,20 @@ def metric_segment(value: str) -> str:
     return re.sub(r"[^A-Za-z0-9_\-&]+", "_", str(value)).strip("_") or "_"
 
 
+# Keys of report.json outside ``content_sha256``: the manifest hashes the renderings, which show the digest,
+# and the signature covers everything else (the manifest included), so neither can be inside it.
+UNDIGESTED_KEYS = ("content_sha256", "manifest", "signature")
+
+
+def canonical_json(value: Any) -> bytes:
+    """The bytes that digests and signatures are computed over: JSON with sorted keys and no spaces."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
 def content_digest(body: dict[str, Any]) -> str:
-    """SHA-256 over the canonical JSON of a report body, ignoring its own ``content_sha256``."""
-    payload = {k: v for k, v in body.items() if k != "content_sha256"}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    """SHA-256 over the canonical JSON of a report body, without ``content_sha256``, ``manifest`` and ``signature``."""
+    payload = {k: v for k, v in body.items() if k not in UNDIGESTED_KEYS}
+    return hashlib.sha256(canonical_json(payload)).hexdigest()
 
 
 def clean_number(value: Any) -> float | int | None:
@@ -221,22 +251,9 @@ def read_report(path: str) -> dict[str, Any]:
         data = json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise AuditError(
-            f"report {path} is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc}); expected a report.json from 'audit train'"
+            f"report {path} is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc}); "
+            "expected a report.json from 'audit train'"
         ) from None
     if not isinstance(data, dict) or "metrics" not in data or not isinstance(data["metrics"], dict):
         raise AuditError(f"report {path} has no 'metrics' map; expected a report.json from 'audit train'")
     return data
-
-
-def write_atomic(path: Path, content: str | bytes) -> None:
-    """Write to a temporary file beside ``path`` and rename it, so no reader sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = "wb" if isinstance(content, bytes) else "w"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as handle:
-            handle.write(content)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -1,31 +1,37 @@
-"""Orchestrates one run: data -> model -> hooks -> training -> shared evaluation -> one report on disk."""
+"""Orchestrates one run: configure -> data -> training -> shared evaluation -> sections -> one report on disk."""
 
 from __future__ import annotations
 
 import datetime as dt
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pluggy
 
-from audit.checkpoint import checkpoint_bytes, load_checkpoint
-from audit.compliance import collect_metric_specs, evidence_from_specs, refresh_compliance
+from audit.checkpoint import (
+    checkpoint_bytes,
+    defaults_from_checkpoint,
+    load_checkpoint,
+    model_from_checkpoint,
+)
+from audit.compliance import evidence_from_specs, refresh_compliance
 from audit.config import RunConfig
-from audit.data import load_dataset
+from audit.data import Dataset, load_dataset
 from audit.efficiency import efficiency_section
-from audit.engine import train
+from audit.engine import TrainingSetup, TrainResult, train
 from audit.errors import AuditError
-from audit.evaluation import EvalContext, build_context, performance_section
-from audit.models import build_model, model_spec
-from audit.outputs import default_out_dir, write_outputs
+from audit.evaluation import EvalContext, build_context
+from audit.gate import check_rule_metrics, gate_report_in_place, load_policy
+from audit.models import model_spec
+from audit.outputs import check_writable, default_out_dir, write_outputs
+from audit.performance import performance_section
+from audit.plugins import collect_metric_specs
 from audit.progress import progress_bar
 from audit.provenance import run_info, sha256_hex
 from audit.report import Report, Section
+from audit.signing import check_model_file, resolve_sign_key
 from audit.training import attach_scheduler, build_setup, resolve_device, seed_everything
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -36,7 +42,32 @@ class RunOutcome:
     out_dir: Path
 
 
-def _collect_sections(pm: pluggy.PluginManager, ctx: EvalContext) -> list[Section]:
+def configure(config: RunConfig, pm: pluggy.PluginManager) -> None:
+    """Let every plugin read and check its options, then read the policy: bad input costs no data or training."""
+    pm.hook.audit_configure(config=config)
+    check_writable(default_out_dir(config), folder=True, what="--out")
+    resolve_sign_key(config.sign_key)  # an unreadable key is refused now, not after training
+    if config.policy:
+        rules, _ = load_policy(config.policy)
+        check_rule_metrics(rules, policy_path=config.policy, metrics={}, specs=collect_metric_specs(pm))
+
+
+def plugin_defaults(config: RunConfig, pm: pluggy.PluginManager) -> dict[str, tuple[Any, str]]:
+    """Core values the plugins' choices imply ({option: (value, plugin)}); two plugins disagreeing is an error."""
+    merged: dict[str, tuple[Any, str]] = {}
+    for impl in pm.hook.audit_config_defaults.get_hookimpls():
+        for name, value in (impl.function(**{arg: config for arg in impl.argnames}) or {}).items():
+            if name in merged and merged[name][0] != value:
+                raise AuditError(
+                    f"plugins {merged[name][1]} and {impl.plugin_name} set --{name.replace('_', '-')} to "
+                    f"{merged[name][0]} and {value}; give --{name.replace('_', '-')} explicitly"
+                )
+            merged[name] = (value, impl.plugin_name)
+    return merged
+
+
+def collect_sections(pm: pluggy.PluginManager, ctx: EvalContext) -> list[Section]:
+    """Every plugin's section (``audit_evaluate``), in the order the sections declare."""
     impls = pm.hook.audit_evaluate.get_hookimpls()
     sections: list[Section] = []
     # One plugin at a time (pluggy's subset callers) so the bar can say which audit is running.
@@ -48,27 +79,27 @@ def _collect_sections(pm: pluggy.PluginManager, ctx: EvalContext) -> list[Sectio
             )
             sections += [s for s in only(ctx=ctx) if s is not None]
             bar.update()
-    return sorted(
-        sections,
-        key=lambda s: (
-            ["privacy", "fairness", "robustness"].index(s.name)
-            if s.name in ("privacy", "fairness", "robustness")
-            else 99
-        ),
+    return sorted(sections, key=lambda s: s.order)
+
+
+def train_with_plugins(setup: TrainingSetup, pm: pluggy.PluginManager) -> tuple[TrainResult, dict[str, Any]]:
+    """Let plugins edit the setup, train, let them detach; return the result and the facts to save with the model."""
+    pm.hook.audit_prepare_training(setup=setup)
+    attach_scheduler(setup)
+    result = train(
+        setup,
+        after_epoch=lambda state: pm.hook.audit_after_epoch(state=state),
+        progress=not setup.config.quiet,
     )
+    pm.hook.audit_after_training(setup=setup)
+    metadata: dict[str, Any] = {}
+    for extra in pm.hook.audit_checkpoint_metadata(setup=setup):
+        metadata.update(extra or {})
+    return result, metadata
 
 
-def run_train(config: RunConfig, pm: pluggy.PluginManager) -> RunOutcome:
-    """``audit train``: train, audit, and write the report and model."""
-    started = dt.datetime.now(dt.timezone.utc)
-    pm.hook.audit_configure(config=config)
-    config.resolve_defaults()
-    check_policy_early(config, pm)
-    generator = seed_everything(config.seed)
-    dataset = load_dataset(config)
-    config.resolve_defaults(len(dataset.train))
-    device = resolve_device(config.device)
-    spec = model_spec(
+def _spec(config: RunConfig, dataset: Dataset) -> dict[str, Any]:
+    return model_spec(
         name=config.model,
         input_shape=dataset.input_shape,
         num_classes=dataset.num_classes,
@@ -76,17 +107,19 @@ def run_train(config: RunConfig, pm: pluggy.PluginManager) -> RunOutcome:
         channels=config.channels,
         dropout=config.dropout,
     )
-    setup = build_setup(config, dataset, device, generator, spec)
-    pm.hook.audit_prepare_training(setup=setup)
-    attach_scheduler(setup)
-    result = train(
-        setup, after_epoch=lambda state: pm.hook.audit_after_epoch(state=state), progress=not config.quiet
-    )
-    pm.hook.audit_after_training(setup=setup)
+
+
+def run_train(config: RunConfig, pm: pluggy.PluginManager) -> RunOutcome:
+    """``audit train``: train, audit, and write the report and model."""
+    started = dt.datetime.now(dt.timezone.utc)
+    configure(config, pm)
+    generator = seed_everything(config.seed)
+    dataset = load_dataset(config)
+    config.resolve(train_rows=len(dataset.train), plugin_defaults=plugin_defaults(config, pm))
+    device = resolve_device(config.device)
+    setup = build_setup(config, dataset, device, generator, _spec(config, dataset))
+    result, metadata = train_with_plugins(setup, pm)
     model = setup.base_model.eval()
-    metadata_: dict[str, Any] = {}
-    for extra in pm.hook.audit_checkpoint_metadata(setup=setup):
-        metadata_.update(extra or {})
     ctx = build_context(
         config=config,
         dataset=dataset,
@@ -94,17 +127,17 @@ def run_train(config: RunConfig, pm: pluggy.PluginManager) -> RunOutcome:
         device=device,
         training=result,
         artifacts=setup.artifacts,
-        checkpoint_metadata=metadata_,
+        checkpoint_metadata=metadata,
     )
-    model_bytes = checkpoint_bytes(setup.model_spec, model, dataset, config, metadata_)
+    model_bytes = checkpoint_bytes(setup.model_spec, model, dataset, config, metadata)
     report = Report(run=run_info(config, dataset, device, started))
     report.run["model_sha256"] = sha256_hex(model_bytes)
-    perf = performance_section(ctx)
-    perf.notes.extend(setup.notes)
-    perf.warnings.extend(setup.warnings)
-    report.add_section(perf)
-    report.add_section(efficiency_section(model, dataset, device, config, result))
-    for section in _collect_sections(pm, ctx):
+    performance = performance_section(ctx)
+    performance.notes.extend(setup.notes)
+    performance.warnings.extend(setup.warnings)
+    for section in (performance, efficiency_section(model, dataset, device, config, result)):
+        report.add_section(section)
+    for section in collect_sections(pm, ctx):
         report.add_section(section)
     return _finish(config, report, model_bytes, pm)
 
@@ -113,43 +146,21 @@ def run_evaluate(config: RunConfig, pm: pluggy.PluginManager) -> RunOutcome:
     """``audit evaluate``: audit a saved model again, without training."""
     started = dt.datetime.now(dt.timezone.utc)
     checkpoint = load_checkpoint(config.model_path)
-    schema = checkpoint["schema"]
-    saved = checkpoint.get("config", {})
-    if config.data is None:
-        if schema.get("name") not in ("adult", "digits"):
-            raise AuditError(
-                f"the model was trained on {schema.get('name')!r}, not on built-in data; pass --data FILE with the rows to audit"
-            )
-        config.data = schema["name"]
-    if not config.sensitive:
-        config.sensitive = list(schema.get("sensitive", []))
-    if config.data in ("adult", "digits") and config.data != schema.get("name"):
-        raise AuditError(
-            f"--data {config.data} does not match the model, which was trained on {schema.get('name')}"
-        )
-    for key in ("val_fraction", "test_fraction"):
-        if key in saved:
-            setattr(config, key, saved[key])
-    if config.data in ("adult", "digits") and "seed" in saved:
-        config.seed = saved["seed"]  # the built-in data's splits come from the training seed
-    pm.hook.audit_configure(config=config)
-    config.resolve_defaults()
-    check_policy_early(config, pm)
+    model_check = check_model_file(config.model_path)  # against the report.json beside it, if any
+    defaults_from_checkpoint(config, checkpoint)
+    configure(config, pm)
     seed_everything(config.seed)
+    schema = checkpoint["schema"]
     dataset = load_dataset(config, schema=schema)
     if list(dataset.input_shape) != list(schema["input_shape"]):
         raise AuditError(
-            f"data gives inputs of shape {tuple(dataset.input_shape)}; the model expects {tuple(schema['input_shape'])}"
+            f"data gives inputs of shape {tuple(dataset.input_shape)}; the model expects "
+            f"{tuple(schema['input_shape'])}"
         )
     device = resolve_device(config.device)
-    model = build_model(checkpoint["spec"])
-    try:
-        model.load_state_dict(checkpoint["state_dict"])
-    except RuntimeError:
-        raise AuditError(
-            f"model file {config.model_path} holds weights that do not fit its model recipe; the file is damaged"
-        ) from None
-    model = model.to(device).eval()
+    model = model_from_checkpoint(checkpoint, config.model_path, trusted_factory=config.model_factory).to(
+        device
+    )
     ctx = build_context(
         config=config,
         dataset=dataset,
@@ -162,41 +173,30 @@ def run_evaluate(config: RunConfig, pm: pluggy.PluginManager) -> RunOutcome:
     report = Report(run=run_info(config, dataset, device, started))
     report.run["model_sha256"] = sha256_hex(Path(config.model_path).read_bytes())
     report.run["model_path"] = config.model_path
+    report.run["model_check"] = model_check
     report.add_section(performance_section(ctx))
     report.add_section(efficiency_section(model, dataset, device, config, None))
-    for section in _collect_sections(pm, ctx):
+    for section in collect_sections(pm, ctx):
         report.add_section(section)
     return _finish(config, report, None, pm)
 
 
-def check_policy_early(config: RunConfig, pm: pluggy.PluginManager) -> None:
-    """Read ``--policy`` before any work, so a malformed policy or an unknown metric costs no training time."""
-    if config.policy:
-        from audit.gate import check_rule_metrics, load_policy
-
-        rules, _ = load_policy(config.policy)
-        check_rule_metrics(
-            rules, policy_path=config.policy, metrics={}, declared=[s.name for s in collect_metric_specs(pm)]
-        )
-
-
 def finalize_report(report: Report, *, pm: pluggy.PluginManager, policy: str | None) -> None:
-    """Add the compliance section and, with a policy, the gate section (then the verdicts per clause)."""
+    """Add the compliance section and, with a policy, the gate section; mark each section's headline metrics."""
     specs = collect_metric_specs(pm)
     evidence = evidence_from_specs(report.metrics, specs)
     # Built before the gate so a policy can gate on compliance.* too, and again after it for the verdicts.
     refresh_compliance(report, evidence)
     if policy:
-        from audit.gate import gate_report_in_place
-
-        gate_report_in_place(report, policy_path=policy, declared=[s.name for s in specs])
+        gate_report_in_place(report, policy_path=policy, specs=specs)
         refresh_compliance(report, evidence)
+    report.mark_headlines(specs)
 
 
 def _finish(
     config: RunConfig, report: Report, model_bytes: bytes | None, pm: pluggy.PluginManager
 ) -> RunOutcome:
+    sign_key = resolve_sign_key(config.sign_key)  # --sign-key, else $AUDIT_SIGN_KEY; None: unsigned
     out_dir = default_out_dir(config)
     finalize_report(report, pm=pm, policy=config.policy)
-    data = write_outputs(out_dir, report, model_bytes)
-    return RunOutcome(report=data, out_dir=out_dir)
+    return RunOutcome(report=write_outputs(out_dir, report, model_bytes, sign_key), out_dir=out_dir)

@@ -97,8 +97,8 @@ def build_setup(
     spec: dict[str, Any],
 ) -> TrainingSetup:
     """The default training setup, before plugins edit it."""
-    config.resolve_defaults(len(dataset.train))
-    base = build_model(spec).to(device)
+    config.resolve(train_rows=len(dataset.train), plugin_defaults={})  # a no-op when the runner resolved it
+    base = build_model(spec, trusted_factory=config.model).to(device)  # the user named --model
     model = torch.compile(base) if config.compile else base
     return TrainingSetup(
         config=config,

@@ -1,4 +1,4 @@
-"""Core training loop vs a tutorial-style PyTorch loop on Adult: same MLP, same epochs; prints accuracy and throughput ratio."""
+"""Core training loop vs a tutorial-style PyTorch loop on Adult (same MLP, same epochs): accuracy and throughput."""
 
 import argparse
 import time
@@ -77,10 +77,12 @@ def main() -> None:
         f"plain loop (DataLoader, batch 64, lr 1e-3): test accuracy {plain_acc:.4f}, {plain_rate:,.0f} samples/s"
     )
     print(
-        f"rai-audit core (tensor slices, defaults: batch {batch}): test accuracy {core_acc:.4f}, {core_rate:,.0f} samples/s"
+        f"rai-audit core (tensor slices, defaults: batch {batch}): test accuracy {core_acc:.4f}, "
+        f"{core_rate:,.0f} samples/s"
     )
     print(
-        f"throughput ratio core/plain: {core_rate / plain_rate:.1f}x; accuracy difference {100 * (core_acc - plain_acc):+.2f} points"
+        f"throughput ratio core/plain: {core_rate / plain_rate:.1f}x; "
+        f"accuracy difference {100 * (core_acc - plain_acc):+.2f} points"
     )
 
 

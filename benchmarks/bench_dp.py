@@ -1,4 +1,4 @@
-"""Time per epoch of the core on Adult without DP and with DP-SGD (Opacus), same model and batch size; prints the ratio."""
+"""Time per epoch of the core on Adult without DP and with DP-SGD (Opacus), same model and batch: the ratio."""
 
 import argparse
 

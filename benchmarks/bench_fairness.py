@@ -1,4 +1,4 @@
-"""Group rates + summaries with 95% intervals (1,000 count-level bootstrap resamples) vs Fairlearn's MetricFrame with n_boot=100."""
+"""Group rates + summaries with 95% intervals (1,000 count-level resamples) vs Fairlearn's MetricFrame, n_boot=100."""
 
 import argparse
 import time
@@ -57,7 +57,8 @@ def main() -> None:
     print(f"{args.rows:,} rows, {args.groups} groups")
     print(f"rai-audit: 4 rates + 8 summaries, 95% intervals from 1,000 resamples: {t_ours:.3f} s")
     print(
-        f"MetricFrame: 4 rates, no intervals: {t_plain:.2f} s; 1 rate with n_boot={args.metricframe_boot}: {t_boot:.2f} s"
+        f"MetricFrame: 4 rates, no intervals: {t_plain:.2f} s; "
+        f"1 rate with n_boot={args.metricframe_boot}: {t_boot:.2f} s"
     )
     print(
         f"speed-up vs MetricFrame with intervals: {t_boot / t_ours:.0f}x (and {t_plain / t_ours:.0f}x vs no intervals)"

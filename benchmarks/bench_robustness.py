@@ -98,7 +98,8 @@ def run_case(case: str, repeats: int, random_start: bool) -> None:
         f"({sum(standing) / (len(y) * len(eps_list)):.2f})"
     )
     print(
-        f"  independent: {t_fresh:.3f} s, {rows_fresh:,} rows through the model; sweep: {t_cascade:.3f} s, {rows_sweep:,} rows"
+        f"  independent: {t_fresh:.3f} s, {rows_fresh:,} rows through the model; "
+        f"sweep: {t_cascade:.3f} s, {rows_sweep:,} rows"
     )
     print(
         f"  cost ratio sweep/independent: time {t_cascade / t_fresh:.2f}, model rows {rows_sweep / rows_fresh:.2f}"

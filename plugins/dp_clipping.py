@@ -28,56 +28,63 @@ def make_noise_optimizer(optimizer: torch.optim.Optimizer, **kwargs: Any) -> Any
     expected batch size (done while adding the noise). Secure-mode noise keeps Opacus' own path.
     """
     from opacus.optimizers import DPOptimizerFastGradientClipping
-    from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 
     class OnePassDPOptimizer(DPOptimizerFastGradientClipping):
         def accumulate(self) -> None:
+            """Sum this step's clipped gradients, taking the clipper's fresh ``.grad`` instead of a copy."""
             for p in self.params:
                 p.summed_grad = p.grad if p.summed_grad is None else p.summed_grad + p.grad
 
         def add_noise(self) -> None:
+            """Add the Gaussian noise and divide by the expected batch size, in one pass."""
             if self.secure_mode:
                 return super().add_noise()
-            std = getattr(self, "_adjusted_noise_multiplier", self.noise_multiplier) * self.max_grad_norm
-            sums = [p.summed_grad for p in self.params]
-            flat = (
-                torch.normal(
-                    0.0,
-                    std,
-                    size=(sum(s.numel() for s in sums),),
-                    generator=self.generator,
-                    device=sums[0].device,
-                    dtype=sums[0].dtype,
-                )
-                if std > 0
-                else None
-            )
-            # scale_grad's division folded in (it becomes a no-op below)
-            denom = (
-                self.expected_batch_size * self.accumulated_iterations if self.loss_reduction == "mean" else 1
-            )
-            offset = 0
-            for p, summed in zip(self.params, sums):
-                _check_processed_flag(summed)
-                noisy = (
-                    summed + flat[offset : offset + summed.numel()].view_as(summed)
-                    if flat is not None
-                    else summed.clone()
-                )
-                p.grad = noisy.div_(denom).view_as(p)
-                offset += summed.numel()
-                _mark_as_processed(summed)
+            _add_noise_and_average(self)
             return None
 
         def scale_grad(self) -> None:
+            """Opacus' division in secure mode only: otherwise ``add_noise`` has divided already."""
             if self.secure_mode:
                 super().scale_grad()
 
     return OnePassDPOptimizer(optimizer, **kwargs)
 
 
+def _add_noise_and_average(optimizer: Any) -> None:
+    """One Gaussian draw for all parameters' summed gradients, then the division by the expected batch."""
+    from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
+
+    std = (
+        getattr(optimizer, "_adjusted_noise_multiplier", optimizer.noise_multiplier) * optimizer.max_grad_norm
+    )
+    sums = [p.summed_grad for p in optimizer.params]
+    flat = None
+    if std > 0:
+        size = (sum(s.numel() for s in sums),)
+        flat = torch.normal(
+            0.0, std, size=size, generator=optimizer.generator, device=sums[0].device, dtype=sums[0].dtype
+        )
+    # scale_grad's division folded in (it becomes a no-op)
+    denom = (
+        optimizer.expected_batch_size * optimizer.accumulated_iterations
+        if optimizer.loss_reduction == "mean"
+        else 1
+    )
+    offset = 0
+    for p, summed in zip(optimizer.params, sums):
+        _check_processed_flag(summed)
+        noisy = (
+            summed + flat[offset : offset + summed.numel()].view_as(summed)
+            if flat is not None
+            else summed.clone()
+        )
+        p.grad = noisy.div_(denom).view_as(p)
+        offset += summed.numel()
+        _mark_as_processed(summed)
+
+
 def supports(model: nn.Module, sample: torch.Tensor) -> bool:
-    """True when every trainable parameter is in an ``nn.Linear`` that one forward pass on ``sample`` calls once, on 2-D input."""
+    """True when every trainable parameter is in an ``nn.Linear`` called once, on 2-D input, by a pass on ``sample``."""
     linear = [m for m in model.modules() if isinstance(m, nn.Linear)]
     owned = {id(p) for m in linear for p in m.parameters(recurse=False)}
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -102,7 +109,7 @@ def supports(model: nn.Module, sample: torch.Tensor) -> bool:
 
 
 class BookKeepingClipper:
-    """Records each Linear layer's input and output in the forward pass; ``backward`` writes clipped sums to ``.grad``."""
+    """Records each Linear layer's input and output in the forward pass; ``backward`` writes clipped sums to .grad."""
 
     def __init__(self, model: nn.Module, *, max_grad_norm: float) -> None:
         self.max_grad_norm = max_grad_norm
@@ -116,7 +123,7 @@ class BookKeepingClipper:
             self._seen.append((module, inputs[0], output))
 
     def backward(self, loss: torch.Tensor, batch_size: int) -> None:
-        """Clip each sample's gradient of ``loss * batch_size`` (a mean over the batch) and store the sums in ``.grad``."""
+        """Clip each sample's gradient of ``loss * batch_size`` (``loss`` is a batch mean); store the sums in .grad."""
         seen, self._seen = self._seen, []
         if batch_size == 0 or not seen:
             for layer in self.layers:
@@ -124,9 +131,8 @@ class BookKeepingClipper:
                     p.grad = torch.zeros_like(p)
             self.last_norms = torch.zeros(0)
             return
-        if len(seen) != len(
-            self.layers
-        ):  # ``supports`` checked the model's shape; this catches a changed forward
+        # ``supports`` checked the model's shape; this catches a forward pass that changed since.
+        if len(seen) != len(self.layers):
             raise RuntimeError(
                 f"book-keeping clipping saw {len(seen)} Linear calls in one step; expected {len(self.layers)}"
             )
@@ -136,9 +142,8 @@ class BookKeepingClipper:
         for (layer, a, _), b in zip(seen, grads):
             b_sq = torch.linalg.vector_norm(b, dim=1, dtype=torch.float32).square_()
             a_sq = torch.linalg.vector_norm(a.detach(), dim=1, dtype=torch.float32).square_()
-            sq_norms += (a_sq.add_(1.0) if layer.bias is not None else a_sq).mul_(
-                b_sq
-            )  # |a|^2|b|^2 (+ |b|^2 for the bias)
+            # |a|^2 |b|^2, plus |b|^2 for the bias
+            sq_norms += (a_sq.add_(1.0) if layer.bias is not None else a_sq).mul_(b_sq)
         norms = sq_norms.sqrt()
         factor = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)  # Opacus' own formula
         for (layer, a, _), b in zip(seen, grads):

@@ -7,9 +7,13 @@ the intervals cost O(groups) per resample instead of O(rows). Definitions follow
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from audit.report import clean_number
 
 RATES = ("selection_rate", "base_rate", "accuracy", "tpr", "fpr", "fnr", "precision")
 SUMMARIES = (
@@ -84,10 +88,31 @@ class GroupAudit:
     """Point estimates and 95% bootstrap intervals for one sensitive feature (or intersection)."""
 
     groups: list[str]
-    rates: dict[str, np.ndarray]  # name -> (groups,)
+    rates: dict[str, np.ndarray]  # name -> (groups,); "size" too
     rate_ci: dict[str, tuple[np.ndarray, np.ndarray]]
     summaries: dict[str, float]
     summary_ci: dict[str, tuple[float, float]]
+
+    @property
+    def comparable(self) -> bool:
+        """True with two groups or more: a gap over one group is 0 by arithmetic, not by fairness."""
+        return len(self.groups) >= 2
+
+    def to_data(self) -> dict[str, Any]:
+        """JSON-able form: groups, sizes, rates and their intervals as per-group lists, summaries (NaN as None)."""
+        return {
+            "groups": list(self.groups),
+            "sizes": [int(n) for n in self.rates["size"]],
+            "rates": {rate: [clean_number(v) for v in self.rates[rate]] for rate in RATES},
+            "rate_ci": {
+                rate: [[clean_number(v) for v in low], [clean_number(v) for v in high]]
+                for rate, (low, high) in self.rate_ci.items()
+            },
+            "summaries": {name: clean_number(value) for name, value in self.summaries.items()},
+            "summary_ci": {
+                name: [clean_number(low), clean_number(high)] for name, (low, high) in self.summary_ci.items()
+            },
+        }
 
 
 def audit_groups(
@@ -104,67 +129,42 @@ def audit_groups(
     counts = confusion_counts(y_true, y_pred, codes, len(names))
     rates = group_rates(counts)
     point = {k: float(v) for k, v in summaries(rates).items()}
-    rate_ci: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    summary_ci: dict[str, tuple[float, float]] = {}
-    if n_boot > 0:
-        total = int(counts.sum())
-        rng = np.random.default_rng(seed)
-        draws = (
-            rng.multinomial(total, counts.ravel() / total, size=n_boot)
-            .reshape(n_boot, *counts.shape)
-            .astype(np.float64)
-        )
-        boot_rates = group_rates(draws)
-        boot_summaries = summaries(boot_rates)
-        q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
-        with np.errstate(invalid="ignore"), _quiet_nan():
-            for name in RATES:
-                lo, hi = np.nanpercentile(boot_rates[name], q, axis=0)
-                rate_ci[name] = (lo, hi)
-            for name, values in boot_summaries.items():
-                lo, hi = np.nanpercentile(values, q)
-                summary_ci[name] = (float(lo), float(hi))
+    rate_ci, summary_ci = _bootstrap(counts, n_boot, seed, level) if n_boot > 0 else ({}, {})
     return GroupAudit(list(names), rates, rate_ci, point, summary_ci)
 
 
-class _quiet_nan:
-    """Silence NumPy's all-NaN slice warnings (a group absent from a resample is expected)."""
-
-    def __enter__(self) -> None:
-        import warnings
-
-        self._ctx = warnings.catch_warnings()
-        self._ctx.__enter__()
+def _bootstrap(
+    counts: np.ndarray, n_boot: int, seed: int, level: float
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, tuple[float, float]]]:
+    total = int(counts.sum())
+    rng = np.random.default_rng(seed)
+    draws = rng.multinomial(total, counts.ravel() / total, size=n_boot).reshape(n_boot, *counts.shape)
+    boot_rates = group_rates(draws.astype(np.float64))
+    q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
+    # A group absent from a resample leaves all-NaN slices: expected, so NumPy's warnings about them are noise.
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc: object) -> None:
-        self._ctx.__exit__(*exc)
-
-
-def reweighing_weights(
-    y: np.ndarray, groups: np.ndarray, *, cell_counts: np.ndarray | None = None
-) -> np.ndarray:
-    """Kamiran-Calders weights w(g, y) = P(g) P(y) / P(g, y) per row (optionally from given (group, class) counts)."""
-    names, codes = np.unique(np.asarray(groups).astype(str), return_inverse=True)
-    n_classes = int(y.max()) + 1
-    counts = (
-        cell_counts
-        if cell_counts is not None
-        else np.bincount(codes * n_classes + y, minlength=len(names) * n_classes)
-        .reshape(len(names), n_classes)
-        .astype(np.float64)
-    )
-    counts = np.maximum(counts, 1e-9)
-    total = counts.sum()
-    p_joint = counts / total
-    expected = p_joint.sum(axis=1, keepdims=True) * p_joint.sum(axis=0, keepdims=True)
-    return (expected / p_joint)[codes, y]
+        boot_summaries = summaries(boot_rates)
+        rate_ci = {name: tuple(np.nanpercentile(boot_rates[name], q, axis=0)) for name in RATES}
+        summary_ci = {
+            name: tuple(float(v) for v in np.nanpercentile(values, q))
+            for name, values in boot_summaries.items()
+        }
+    return rate_ci, summary_ci
 
 
 def cell_counts(y: np.ndarray, groups: np.ndarray) -> tuple[list[str], np.ndarray]:
     """(group names, (groups, classes) count matrix) for reweighing."""
     names, codes = np.unique(np.asarray(groups).astype(str), return_inverse=True)
     n_classes = int(y.max()) + 1
-    return list(names), np.bincount(codes * n_classes + y, minlength=len(names) * n_classes).reshape(
-        len(names), n_classes
-    ).astype(np.float64)
+    counts = np.bincount(codes * n_classes + y, minlength=len(names) * n_classes)
+    return list(names), counts.reshape(len(names), n_classes).astype(np.float64)
+
+
+def reweighing_weights(y: np.ndarray, groups: np.ndarray, *, counts: np.ndarray | None = None) -> np.ndarray:
+    """Kamiran-Calders weights w(g, y) = P(g) P(y) / P(g, y) per row (optionally from given (group, class) counts)."""
+    _, codes = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+    counts = np.maximum(cell_counts(y, groups)[1] if counts is None else counts, 1e-9)
+    p_joint = counts / counts.sum()
+    expected = p_joint.sum(axis=1, keepdims=True) * p_joint.sum(axis=0, keepdims=True)
+    return (expected / p_joint)[codes, y]

@@ -1,183 +1,421 @@
-"""The fairness report section from labels, decisions and groups: shared by the plugin's audits and ``audit decisions``."""
+"""The fairness report section: a JSON-able payload from labels, decisions and groups, and the section rendered
+from it (metrics, tables, figures, notes, plain-language summary). Shared by the plugin and ``audit decisions``.
+
+Payload (``Section.data``; numbers are plain floats, NaN as None)::
+
+    {"target": "binary" | "multiclass", "num_classes": int, "min_group_size": int,
+     "intervals": {"method": "bootstrap" | "clopper-pearson", "level": 0.95, "resamples": int, "seed": int},
+     "features": {feature: {"columns": [...], "groups": [...], "sizes": [...],
+                            "rates": {rate: [per group]}, "rate_ci": {rate: [[low per group], [high per group]]},
+                            "summaries": {name: value}, "summary_ci": {name: [low, high]}}},
+     "mitigation": None | {"method", "source": "training" | "checkpoint", "weights_range", "count_epsilon",
+                           "accuracy", "baseline_accuracy", "accuracy_cost"},
+     "baseline": None | {"summaries": {feature: {name: value}}},
+     "postprocess": None | {"constraint", "feature", "status": "fitted" | "skipped" | "failed", "reason",
+                            "accuracy", "summaries": {name: value}}}
+
+A feature with a single group has empty ``summaries``: a gap over one group is 0 by arithmetic, not by fairness,
+so its summaries are left out and a gate on them fails closed.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from audit.report import Figure, Section, Series, Table, metric_segment
+from audit.groups import group_labels, group_masks, group_metric, sensitive_features
+from audit.intervals import clopper_pearson
+from audit.report import Figure, Section, Series, Table, clean_number, metric_segment
 from audit_plugins.fairness_metrics import RATES, SUMMARIES, GroupAudit, audit_groups
 
-INTERSECTION = "&"
+SECTION_ORDER = 40
 MIN_GROUP_SIZE, BOOTSTRAP = 30, 1000
+LEVEL = 0.95
+FIGURE_RATES = ("selection_rate", "tpr", "fpr")
+MITIGATIONS = {"reweight": "Kamiran-Calders reweighing"}
+# --postprocess constraint -> the gap it closes, and that gap in words
+CONSTRAINT_GAPS = {
+    "demographic_parity": ("demographic_parity_difference", "demographic-parity difference"),
+    "equalized_odds": ("equalized_odds_difference", "equalized-odds difference"),
+}
 
 
-def group_labels(groups: pd.DataFrame, columns: list[str]) -> np.ndarray:
-    return (
-        groups[columns].astype(str).agg(INTERSECTION.join, axis=1).to_numpy()
-        if len(groups)
-        else np.array([], dtype=str)
-    )
+def summary_metric(feature: str, name: str) -> str:
+    """A between-group summary's metric name below its section: ``<feature>.<summary>``."""
+    return f"{metric_segment(feature)}.{name}"
 
 
-def _features(sensitive: list[str]) -> list[tuple[str, list[str]]]:
-    features = [(name, [name]) for name in sensitive]
-    if len(sensitive) > 1:
-        features.append((INTERSECTION.join(sensitive), list(sensitive)))
-    return features
+def compared_summaries(audit: GroupAudit) -> dict[str, float | None]:
+    """The audit's between-group summaries as plain numbers; none for a single group (see the module docstring)."""
+    return {name: clean_number(audit.summaries[name]) for name in SUMMARIES} if audit.comparable else {}
 
 
-def _small_groups_warning(feature: str, sizes: dict[Any, int], min_group_size: int) -> str | None:
-    """One warning per feature naming its groups with fewer than ``min_group_size`` audited rows (smallest first)."""
-    small = sorted((size, str(group)) for group, size in sizes.items() if size < min_group_size)
-    if not small:
-        return None
-    shown = ", ".join(f"'{group}' ({size})" for size, group in small[:8]) + (
-        f" and {len(small) - 8} more" if len(small) > 8 else ""
-    )
-    return (
-        f"{feature}: {len(small)} group(s) have fewer than {min_group_size} audited rows, so their figures say little: "
-        f"{shown}"
-    )
-
-
-def _one_group_warning(feature: str, groups: Any, rows: int) -> str:
-    # A gap over one group is 0 by arithmetic, not by fairness: the summaries are left out, so a gate on them fails closed.
-    only = groups[0] if len(groups) else "-"
-    return f"{feature}: only one group ('{only}') among the {rows} audited rows, so its fairness metrics compare nothing and are left out"
-
-
-def group_accuracy_section(
+def audit_features(
     y_true: np.ndarray,
     y_pred: np.ndarray,
     groups: pd.DataFrame,
-    sensitive: list[str],
+    sensitive: Sequence[str],
     *,
-    num_classes: int,
-    min_group_size: int,
-) -> Section:
-    """The fairness section for a multiclass target: accuracy per group (exact 95% intervals), the worst group, the gap."""
-    section = Section("fairness", "Fairness")
-    section.notes.append(
-        f"selection, TPR and FPR gaps need a binary target; this target has {num_classes} classes, so the "
-        "section compares accuracy across groups (exact Clopper-Pearson 95% intervals)"
-    )
-    correct = y_true == y_pred
-    for feature, columns in _features(sensitive):
-        labels = group_labels(groups, columns)
-        names = sorted(set(labels))
-        if len(names) < 2:
-            section.warnings.append(_one_group_warning(feature, names, len(y_true)))
-            continue
-        prefix, rows, counts = metric_segment(feature), [], []
-        for group in names:
-            sel = labels == group
-            hits, size = int(correct[sel].sum()), int(sel.sum())
-            segment = f"{prefix}.group.{metric_segment(group)}"
-            section.add_metric(f"{segment}.size", size)
-            accuracy = section.add_proportion(f"{segment}.accuracy", hits, size)
-            rows.append(
-                [
-                    group,
-                    size,
-                    accuracy,
-                    section.metrics[f"fairness.{segment}.accuracy.ci_low"],
-                    section.metrics[f"fairness.{segment}.accuracy.ci_high"],
-                ]
-            )
-            counts.append((accuracy, hits, size))
-        small = _small_groups_warning(feature, {row[0]: row[1] for row in rows}, min_group_size)
-        section.warnings += [small] if small else []
-        worst = min(counts)
-        section.add_proportion(f"{prefix}.worst_group_accuracy", worst[1], worst[2])
-        section.add_metric(f"{prefix}.accuracy_difference", max(counts)[0] - worst[0])
-        section.tables.append(
-            Table(
-                f"{feature}: accuracy per group", ["group", "size", "accuracy", "95% low", "95% high"], rows
-            )
-        )
-    return section
+    n_boot: int,
+    seed: int,
+) -> dict[str, GroupAudit]:
+    """One group audit per sensitive column and, with several, one of their intersection."""
+    return {
+        feature: audit_groups(y_true, y_pred, group_labels(groups, columns), n_boot=n_boot, seed=seed)
+        for feature, columns in sensitive_features(sensitive, intersection=True)
+    }
 
 
-def fairness_section(
+def fairness_data(
     y_true: np.ndarray,
     y_pred: np.ndarray,
     groups: pd.DataFrame,
-    sensitive: list[str],
+    sensitive: Sequence[str],
     *,
     n_boot: int,
     seed: int,
     min_group_size: int,
-) -> tuple[Section, dict[str, GroupAudit]]:
-    """The fairness section for binary labels (1 = positive) and the sensitive features of the same rows."""
-    section = Section("fairness", "Fairness")
-    audits: dict[str, GroupAudit] = {}
-    for feature, columns in _features(sensitive):
+) -> dict[str, Any]:
+    """The section's payload for binary labels and decisions (1 = positive) and the groups of the same rows."""
+    features = {}
+    for feature, columns in sensitive_features(sensitive, intersection=True):
         audit = audit_groups(y_true, y_pred, group_labels(groups, columns), n_boot=n_boot, seed=seed)
-        audits[feature] = audit
-        prefix = metric_segment(feature)
-        comparable = len(audit.groups) >= 2
-        if not comparable:
-            section.warnings.append(_one_group_warning(feature, audit.groups, len(y_true)))
-        for name in SUMMARIES if comparable else ():
-            section.add_metric(f"{prefix}.{name}", audit.summaries[name])
-            if name in audit.summary_ci:
-                section.add_metric(f"{prefix}.{name}.ci_low", audit.summary_ci[name][0])
-                section.add_metric(f"{prefix}.{name}.ci_high", audit.summary_ci[name][1])
-        rows = []
-        for i, group in enumerate(audit.groups):
-            segment = f"{prefix}.group.{metric_segment(group)}"
-            section.add_metric(f"{segment}.size", int(audit.rates["size"][i]))
-            row: list[Any] = [group, int(audit.rates["size"][i])]
-            for rate in RATES:
-                value = float(audit.rates[rate][i])
-                section.add_metric(f"{segment}.{rate}", value)
-                if rate in audit.rate_ci:
-                    lo, hi = float(audit.rate_ci[rate][0][i]), float(audit.rate_ci[rate][1][i])
-                    section.add_metric(f"{segment}.{rate}.ci_low", lo)
-                    section.add_metric(f"{segment}.{rate}.ci_high", hi)
-                    row.append(f"{value:.3f} [{lo:.3f}, {hi:.3f}]" if np.isfinite(value) else "—")
-                else:
-                    row.append(round(value, 4) if np.isfinite(value) else None)
-            rows.append(row)
-        small = _small_groups_warning(
-            feature, {g: int(n) for g, n in zip(audit.groups, audit.rates["size"])}, min_group_size
+        entry = {"columns": list(columns), **audit.to_data()}
+        if not audit.comparable:
+            entry["summaries"], entry["summary_ci"] = {}, {}
+        features[feature] = entry
+    intervals = {"method": "bootstrap", "level": LEVEL, "resamples": n_boot, "seed": seed}
+    return _payload("binary", 2, min_group_size, intervals, features)
+
+
+def group_accuracy_data(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    groups: pd.DataFrame,
+    sensitive: Sequence[str],
+    *,
+    num_classes: int,
+    min_group_size: int,
+) -> dict[str, Any]:
+    """The section's payload for a multiclass target: accuracy per group with exact intervals, the worst, the gap."""
+    correct = y_true == y_pred
+    features = {}
+    for feature, columns in sensitive_features(sensitive, intersection=True):
+        masks = list(group_masks(group_labels(groups, columns)))
+        hits = [int(correct[mask].sum()) for _, mask in masks]
+        sizes = [int(mask.sum()) for _, mask in masks]
+        features[feature] = {"columns": list(columns), **_accuracy_entry([g for g, _ in masks], hits, sizes)}
+    intervals = {"method": "clopper-pearson", "level": LEVEL}
+    return _payload("multiclass", num_classes, min_group_size, intervals, features)
+
+
+def _payload(
+    target: str, num_classes: int, min_group_size: int, intervals: dict[str, Any], features: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "target": target,
+        "num_classes": num_classes,
+        "min_group_size": min_group_size,
+        "intervals": intervals,
+        "features": features,
+        "mitigation": None,
+        "baseline": None,
+        "postprocess": None,
+    }
+
+
+def _accuracy_entry(names: list[str], hits: list[int], sizes: list[int]) -> dict[str, Any]:
+    accuracy = [h / n for h, n in zip(hits, sizes)]
+    bounds = [clopper_pearson(h, n) for h, n in zip(hits, sizes)]
+    entry: dict[str, Any] = {
+        "groups": names,
+        "sizes": sizes,
+        "rates": {"accuracy": accuracy},
+        "rate_ci": {"accuracy": [[low for low, _ in bounds], [high for _, high in bounds]]},
+        "summaries": {},
+        "summary_ci": {},
+    }
+    if len(names) >= 2:
+        # Ties in accuracy go to the group with fewer hits, then fewer rows: the wider, more cautious interval.
+        worst, worst_hits, worst_size = min(zip(accuracy, hits, sizes))
+        entry["summaries"] = {"worst_group_accuracy": worst, "accuracy_difference": max(accuracy) - worst}
+        entry["summary_ci"] = {"worst_group_accuracy": list(clopper_pearson(worst_hits, worst_size))}
+    return entry
+
+
+def fairness_section(data: dict[str, Any]) -> Section:
+    """The fairness section rendered from its payload (``fairness_data`` or ``group_accuracy_data``, completed)."""
+    section = Section("fairness", "Fairness", data=data, order=SECTION_ORDER)
+    binary = data["target"] == "binary"
+    if not binary:
+        section.notes.append(
+            f"selection, TPR and FPR gaps need a binary target; this target has {data['num_classes']} classes, so "
+            "the section compares accuracy across groups (exact Clopper-Pearson 95% intervals)"
         )
-        section.warnings += [small] if small else []
+    for feature, entry in data["features"].items():
+        (_add_feature if binary else _add_accuracy_feature)(section, feature, entry, data["min_group_size"])
+    if binary:
+        section.notes.append(_interval_note(data["intervals"]))
+    if data["mitigation"] is not None:
+        _add_mitigation(section, data["mitigation"])
+    if data["baseline"] is not None:
+        _add_baseline(section, data)
+    if data["postprocess"] is not None:
+        _add_postprocess(section, data)
+    section.summary = summary_lines(data)
+    return section
+
+
+def _add_feature(section: Section, feature: str, entry: dict[str, Any], min_group_size: int) -> None:
+    if len(entry["groups"]) < 2:
+        section.warnings.append(_one_group_warning(feature, entry))
+    _add_summary_metrics(section, feature, entry)
+    for i, group in enumerate(entry["groups"]):
+        section.add_metric(group_metric(feature, group, "size"), entry["sizes"][i])
+        for rate in RATES:
+            section.add_metric(group_metric(feature, group, rate), entry["rates"][rate][i])
+            if rate in entry["rate_ci"]:
+                low, high = entry["rate_ci"][rate]
+                section.add_metric(group_metric(feature, group, f"{rate}.ci_low"), low[i])
+                section.add_metric(group_metric(feature, group, f"{rate}.ci_high"), high[i])
+    section.warnings += _small_groups_warning(feature, entry, min_group_size)
+    section.tables.append(_rates_table(feature, entry))
+    if entry["summaries"]:
         section.tables.append(
-            Table(f"{feature}: per-group rates (95% bootstrap interval)", ["group", "size", *RATES], rows)
-        )
-        if comparable:
-            section.tables.append(
-                Table(
-                    f"{feature}: summaries",
-                    ["metric", "value", "95% low", "95% high"],
-                    [[n, audit.summaries[n], *audit.summary_ci.get(n, (None, None))] for n in SUMMARIES],
-                )
+            Table(
+                f"{feature}: summaries",
+                ["metric", "value", "95% low", "95% high"],
+                [[n, v, *entry["summary_ci"].get(n, (None, None))] for n, v in entry["summaries"].items()],
             )
-        bars = []
-        for rate in ("selection_rate", "tpr", "fpr"):
-            lo_hi = audit.rate_ci.get(rate)
-            bars.append(
-                Series(
-                    rate,
-                    list(audit.groups),
-                    [_f(v) for v in audit.rates[rate]],
-                    [_f(v) for v in lo_hi[0]] if lo_hi else None,
-                    [_f(v) for v in lo_hi[1]] if lo_hi else None,
-                )
-            )
-        section.figures.append(
-            Figure(f"{feature}: rates per group (95% intervals)", "bar", feature, "rate", bars)
         )
-    section.notes.append(
-        f"intervals: percentile bootstrap, {n_boot} multinomial resamples of the per-group confusion counts "
-        f"(equivalent to resampling rows), seed {seed}; definitions follow Fairlearn's"
+    section.figures.append(_rates_figure(feature, entry))
+
+
+def _add_accuracy_feature(section: Section, feature: str, entry: dict[str, Any], min_group_size: int) -> None:
+    # Unlike the binary audit, a single group gets no per-group metrics here: there is nothing to compare them with.
+    if len(entry["groups"]) < 2:
+        section.warnings.append(_one_group_warning(feature, entry))
+        return
+    (low, high), rows = entry["rate_ci"]["accuracy"], []
+    for i, group in enumerate(entry["groups"]):
+        accuracy = entry["rates"]["accuracy"][i]
+        section.add_metric(group_metric(feature, group, "size"), entry["sizes"][i])
+        section.add_metric(group_metric(feature, group, "accuracy"), accuracy)
+        section.add_metric(group_metric(feature, group, "accuracy.ci_low"), low[i])
+        section.add_metric(group_metric(feature, group, "accuracy.ci_high"), high[i])
+        rows.append([group, entry["sizes"][i], accuracy, low[i], high[i]])
+    section.warnings += _small_groups_warning(feature, entry, min_group_size)
+    _add_summary_metrics(section, feature, entry)
+    section.tables.append(
+        Table(f"{feature}: accuracy per group", ["group", "size", "accuracy", "95% low", "95% high"], rows)
     )
-    return section, audits
 
 
-def _f(value: float) -> float | None:
-    return float(value) if np.isfinite(value) else None
+def _add_summary_metrics(section: Section, feature: str, entry: dict[str, Any]) -> None:
+    for name, value in entry["summaries"].items():
+        section.add_metric(summary_metric(feature, name), value)
+        if name in entry["summary_ci"]:
+            low, high = entry["summary_ci"][name]
+            section.add_metric(summary_metric(feature, f"{name}.ci_low"), low)
+            section.add_metric(summary_metric(feature, f"{name}.ci_high"), high)
+
+
+def _rates_table(feature: str, entry: dict[str, Any]) -> Table:
+    rows = []
+    for i, group in enumerate(entry["groups"]):
+        row: list[Any] = [group, entry["sizes"][i]]
+        for rate in RATES:
+            value = entry["rates"][rate][i]
+            if rate in entry["rate_ci"]:
+                low, high = (bound[i] for bound in entry["rate_ci"][rate])
+                row.append("—" if value is None else f"{value:.3f} [{_fixed(low)}, {_fixed(high)}]")
+            else:
+                row.append(None if value is None else round(value, 4))
+        rows.append(row)
+    return Table(f"{feature}: per-group rates (95% bootstrap interval)", ["group", "size", *RATES], rows)
+
+
+def _rates_figure(feature: str, entry: dict[str, Any]) -> Figure:
+    series = []
+    for rate in FIGURE_RATES:
+        bounds = entry["rate_ci"].get(rate)
+        low, high = (list(bounds[0]), list(bounds[1])) if bounds else (None, None)
+        series.append(Series(rate, list(entry["groups"]), list(entry["rates"][rate]), low, high))
+    return Figure(f"{feature}: rates per group (95% intervals)", "bar", feature, "rate", series)
+
+
+def _fixed(value: float | None) -> str:
+    return "nan" if value is None else f"{value:.3f}"
+
+
+def _interval_note(intervals: dict[str, Any]) -> str:
+    return (
+        f"intervals: percentile bootstrap, {intervals['resamples']} multinomial resamples of the per-group confusion "
+        f"counts (equivalent to resampling rows), seed {intervals['seed']}; definitions follow Fairlearn's"
+    )
+
+
+def _one_group_warning(feature: str, entry: dict[str, Any]) -> str:
+    only = entry["groups"][0] if entry["groups"] else "-"
+    return (
+        f"{feature}: only one group ('{only}') among the {sum(entry['sizes'])} audited rows, so its fairness "
+        "metrics compare nothing and are left out"
+    )
+
+
+def _small_groups_warning(feature: str, entry: dict[str, Any], min_group_size: int) -> list[str]:
+    """One warning per feature naming its groups with fewer than ``min_group_size`` audited rows (smallest first)."""
+    small = sorted(
+        (size, group) for group, size in zip(entry["groups"], entry["sizes"]) if size < min_group_size
+    )
+    if not small:
+        return []
+    shown = ", ".join(f"'{group}' ({size})" for size, group in small[:8])
+    more = f" and {len(small) - 8} more" if len(small) > 8 else ""
+    return [
+        f"{feature}: {len(small)} group(s) have fewer than {min_group_size} audited rows, so their figures say "
+        f"little: {shown}{more}"
+    ]
+
+
+def _add_mitigation(section: Section, mitigation: dict[str, Any]) -> None:
+    method = MITIGATIONS.get(mitigation["method"], mitigation["method"])
+    if mitigation["source"] == "checkpoint":
+        section.notes.append(f"the model was trained with {mitigation['method']} (from its checkpoint)")
+        return
+    for name in ("accuracy", "baseline_accuracy", "accuracy_cost"):
+        section.add_metric(f"mitigation.{name}", mitigation[name])
+    low, high = mitigation["weights_range"]
+    section.notes.append(
+        f"trained with {method} (weights {low:.3f} to {high:.3f}); the same model without it (plain core, no other "
+        f"plugin) scores {mitigation['baseline_accuracy']:.4f} against {mitigation['accuracy']:.4f}"
+    )
+    if mitigation["count_epsilon"] is None:
+        section.notes.append(
+            "the reweighing weights come from exact group counts of the training rows; under --dp that "
+            "is a small leak outside the DP-SGD guarantee (see the privacy section)"
+        )
+
+
+def _add_baseline(section: Section, data: dict[str, Any]) -> None:
+    mitigation = data["mitigation"]
+    rows = [["accuracy", mitigation["baseline_accuracy"], mitigation["accuracy"]]]
+    for feature, summaries in data["baseline"]["summaries"].items():
+        mitigated = data["features"][feature]["summaries"]
+        for name, value in summaries.items():
+            section.add_metric(f"baseline.{summary_metric(feature, name)}", value)
+            rows.append([summary_metric(feature, name), value, mitigated.get(name)])
+    section.tables.append(
+        Table("Without and with mitigation", ["metric", "without", "with reweighing"], rows)
+    )
+
+
+def _add_postprocess(section: Section, data: dict[str, Any]) -> None:
+    post, feature = data["postprocess"], data["postprocess"]["feature"]
+    if post["status"] == "skipped":
+        section.notes.append(f"--postprocess skipped: {post['reason']}")
+        return
+    if post["status"] == "failed":
+        section.warnings.append(f"ThresholdOptimizer could not be fitted on {feature}: {post['reason']}")
+        return
+    section.add_metric("postprocessed.accuracy", post["accuracy"])
+    model = data["features"][feature]["summaries"]
+    rows = []
+    for name, value in post["summaries"].items():
+        section.add_metric(f"postprocessed.{summary_metric(feature, name)}", value)
+        rows.append([summary_metric(feature, name), model.get(name), value])
+    section.tables.append(
+        Table(
+            f"ThresholdOptimizer ({post['constraint']} on {feature}, fitted on the validation split): before and after",
+            ["metric", "model", "post-processed"],
+            rows,
+        )
+    )
+
+
+def summary_lines(data: dict[str, Any]) -> list[str]:
+    """Plain-language findings for a reader of the model card: per feature, then the mitigation and post-processing."""
+    binary = data["target"] == "binary"
+    lines = (
+        []
+        if binary
+        else [f"The target has {data['num_classes']} classes, so groups are compared on accuracy."]
+    )
+    for feature, entry in data["features"].items():
+        if len(entry["groups"]) < 2:
+            lines.append(_one_group_warning(feature, entry) + ".")
+        else:
+            lines.append((_binary_line if binary else _accuracy_line)(feature, entry))
+    return lines + _mitigation_lines(data) + _postprocess_lines(data)
+
+
+def _binary_line(feature: str, entry: dict[str, Any]) -> str:
+    (low, low_group), (high, high_group) = _extremes(entry, "selection_rate")
+    if _num(low) == _num(high):
+        selection = f"selection rate {_num(low)} in every group (to two decimals)"
+    else:
+        selection = f"selection rates range from {_num(low)} ({low_group}) to {_num(high)} ({high_group})"
+    parity = f"demographic-parity difference {_num(entry['summaries']['demographic_parity_difference'])}"
+    if "demographic_parity_difference" in entry["summary_ci"]:
+        parity += " (95% interval {} to {})".format(
+            *map(_num, entry["summary_ci"]["demographic_parity_difference"])
+        )
+    worst, worst_group = _extremes(entry, "accuracy")[0]
+    return f"{feature}: {selection}; {parity}; lowest group accuracy {_num(worst)} ({worst_group})."
+
+
+def _accuracy_line(feature: str, entry: dict[str, Any]) -> str:
+    (low, low_group), (high, high_group) = _extremes(entry, "accuracy")
+    low_ci, high_ci = entry["summary_ci"]["worst_group_accuracy"]
+    return (
+        f"{feature}: accuracy ranges from {_num(low)} ({low_group}) to {_num(high)} ({high_group}); "
+        f"worst-group accuracy {_num(low)} (95% interval {_num(low_ci)} to {_num(high_ci)})."
+    )
+
+
+def _mitigation_lines(data: dict[str, Any]) -> list[str]:
+    mitigation = data["mitigation"]
+    if mitigation is None:
+        return []
+    method = MITIGATIONS.get(mitigation["method"], mitigation["method"])
+    if mitigation["source"] == "checkpoint":
+        return [f"The model was trained with {method} (recorded in its checkpoint)."]
+    cost = mitigation["accuracy_cost"]
+    lines = [
+        f"Trained with {method}: accuracy {_num(mitigation['accuracy'], 3)} against "
+        f"{_num(mitigation['baseline_accuracy'], 3)} without it, "
+        + (f"a cost of {cost:.3f}." if cost >= 0 else f"a gain of {-cost:.3f}.")
+    ]
+    for feature, summaries in (data["baseline"] or {}).get("summaries", {}).items():
+        if summaries:  # a feature with a single group has no gap to compare
+            with_it = data["features"][feature]["summaries"]["demographic_parity_difference"]
+            lines.append(
+                f"{feature}: demographic-parity difference {_num(summaries['demographic_parity_difference'])} "
+                f"without the mitigation, {_num(with_it)} with it."
+            )
+    return lines
+
+
+def _postprocess_lines(data: dict[str, Any]) -> list[str]:
+    post = data["postprocess"]
+    if post is None or post["status"] != "fitted":
+        return []
+    gap, words = CONSTRAINT_GAPS[post["constraint"]]
+    before, after = data["features"][post["feature"]]["summaries"].get(gap), post["summaries"].get(gap)
+    line = f"Fairlearn's ThresholdOptimizer ({post['constraint']} on {post['feature']})"
+    if before is not None and after is not None:
+        line += f" moves the {words} from {_num(before)} to {_num(after)},"
+    return [f"{line} at accuracy {_num(post['accuracy'], 3)}."]
+
+
+def _extremes(entry: dict[str, Any], rate: str) -> list[tuple[float, str]]:
+    """(lowest, highest) of a per-group rate with their groups, groups where it is undefined left out."""
+    known = sorted((v, g) for v, g in zip(entry["rates"][rate], entry["groups"]) if v is not None)
+    return [known[0], known[-1]]
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    return "undefined" if value is None else f"{value:.{digits}f}"

@@ -1,14 +1,24 @@
-"""Membership-inference audit: loss-threshold attacks and the epsilon lower bound their TPR/FPR imply."""
+"""Membership-inference audit: loss-threshold attacks and the epsilon lower bound their TPR/FPR imply.
+
+Plain numpy in, plain figures out: the privacy plugin picks the rows from its evaluation context.
+"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from audit.groups import group_masks
 from audit.intervals import clopper_pearson
+
+# Per side: the attacks split each side in halves (calibration / Clopper-Pearson bounds), and a per-group
+# AUC on fewer rows says nothing.
+MIN_SAMPLES = 10
+FPR_TARGETS = (0.01, 0.001)
 
 
 @dataclass
@@ -21,6 +31,17 @@ class AttackResult:
     epsilon_lower_bound: float
     members: int
     nonmembers: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form: ``tpr_at_fpr_<target>`` keys instead of float dictionary keys."""
+        return {
+            "name": self.name,
+            "auc": self.auc,
+            **{f"tpr_at_fpr_{f:g}": self.tpr_at_fpr[f] for f in FPR_TARGETS},
+            "epsilon_lower_bound": self.epsilon_lower_bound,
+            "members": self.members,
+            "nonmembers": self.nonmembers,
+        }
 
 
 def tpr_at_fpr(labels: np.ndarray, scores: np.ndarray, fpr_target: float) -> float:
@@ -84,7 +105,7 @@ def run_attack(
     return AttackResult(
         name=name,
         auc=float(roc_auc_score(labels, scores)),
-        tpr_at_fpr={f: tpr_at_fpr(labels, scores, f) for f in (0.01, 0.001)},
+        tpr_at_fpr={f: tpr_at_fpr(labels, scores, f) for f in FPR_TARGETS},
         epsilon_lower_bound=epsilon_lower_bound(member_scores, nonmember_scores, delta=delta, seed=seed),
         members=len(member_scores),
         nonmembers=len(nonmember_scores),
@@ -105,3 +126,54 @@ def class_calibrated_scores(
         ]
     )
     return typical[labels] - losses
+
+
+def draw_sides(members: int, nonmembers: int, samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Balanced sides: k member and k non-member row indices without replacement, k = min(sizes, samples)."""
+    rng = np.random.default_rng(seed)
+    k = min(members, nonmembers, samples)
+    return rng.choice(members, k, replace=False), rng.choice(nonmembers, k, replace=False)
+
+
+def loss_attacks(
+    member_losses: np.ndarray,
+    member_labels: np.ndarray,
+    nonmember_losses: np.ndarray,
+    nonmember_labels: np.ndarray,
+    *,
+    delta: float,
+    seed: int,
+) -> list[AttackResult]:
+    """The loss-threshold attack and the class-calibrated one on equal-sized member / non-member samples."""
+    # Half of the non-members calibrate the class-conditional attack; the rest are scored.
+    half = len(nonmember_losses) // 2
+    ref_losses, ref_labels = nonmember_losses[:half], nonmember_labels[:half]
+    return [
+        run_attack("loss threshold", -member_losses, -nonmember_losses, delta=delta, seed=seed),
+        run_attack(
+            "class-calibrated loss",
+            class_calibrated_scores(member_losses, member_labels, ref_losses, ref_labels),
+            class_calibrated_scores(nonmember_losses[half:], nonmember_labels[half:], ref_losses, ref_labels),
+            delta=delta,
+            seed=seed,
+        ),
+    ]
+
+
+def group_aucs(
+    member_scores: np.ndarray,
+    nonmember_scores: np.ndarray,
+    member_groups: np.ndarray,
+    nonmember_groups: np.ndarray,
+) -> list[dict[str, Any]]:
+    """Attack AUC within each group that has at least ``MIN_SAMPLES`` members and non-members, in group order."""
+    sides = np.r_[np.ones(len(member_scores)), np.zeros(len(nonmember_scores))]
+    scores = np.r_[member_scores, nonmember_scores]
+    rows = []
+    for group, mask in group_masks(np.r_[member_groups, nonmember_groups]):
+        members, nonmembers = int(sides[mask].sum()), int((1 - sides[mask]).sum())
+        if members < MIN_SAMPLES or nonmembers < MIN_SAMPLES:
+            continue
+        auc = float(roc_auc_score(sides[mask], scores[mask]))
+        rows.append({"group": group, "members": members, "nonmembers": nonmembers, "auc": auc})
+    return rows

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import logging
 import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -11,59 +12,126 @@ import torch
 
 from audit import AuditError, hookimpl
 from audit.config import CliOption, RunConfig
-from audit.engine import EpochState, PoissonBatches, TrainingSetup
+from audit.engine import DataUse, EpochState, PoissonBatches, TrainingSetup
 from audit.evaluation import EvalContext
+from audit.groups import group_labels, group_masks, group_metric, sensitive_features
 from audit.models import replace_batchnorm
-from audit.report import Figure, MetricSpec, Section, Series, Table, metric_segment
+from audit.report import Figure, MetricSpec, Section, Series, Table
 from audit.training import make_optimizer
 from audit_plugins import dp_clipping
-from audit_plugins.membership_inference import class_calibrated_scores, run_attack
+from audit_plugins.membership_inference import MIN_SAMPLES, draw_sides, group_aucs, loss_attacks
 
-log = logging.getLogger(__name__)
 TAGS = ("NIST AI RMF MEASURE 2.10", "EU AI Act Art. 10(5)")
 MIA_SAMPLES = 5000
-MIA_MIN_SAMPLES = 10  # per side: the attacks split each side in halves (calibration / Clopper-Pearson bounds)
 # Noisy clipped gradients are smaller than plain ones; 3e-3 with Adam reached 0.851 on Adult at epsilon 1 (1e-3: 0.838).
 DP_DEFAULT_LR = 3e-3
+# Seed offsets (primes) so the noise and the audit's row draws are streams of their own, not the training seed's.
+NOISE_SEED_OFFSET = 104729
+MIA_SEED_OFFSET = 15485863
+ACCOUNTANT_CODES = {"rdp": 0, "prv": 1}  # privacy.accountant is a number: metrics are numbers
+# Options that mean nothing without --dp, and the defaults they take with it.
+DP_ONLY_FLAGS = {
+    "--epsilon": "epsilon",
+    "--noise-multiplier": "noise_multiplier",
+    "--delta": "delta",
+    "--max-grad-norm": "max_grad_norm",
+    "--accountant": "accountant",
+    "--dp-baseline": "dp_baseline",
+}
+DP_DEFAULTS = {"max_grad_norm": 1.0, "accountant": "rdp"}
+# Table headings -> payload keys.
+ATTACK_COLUMNS = {
+    "attack": "name",
+    "AUC": "auc",
+    "TPR @ FPR 1%": "tpr_at_fpr_0.01",
+    "TPR @ FPR 0.1%": "tpr_at_fpr_0.001",
+    "epsilon lower bound (95%)": "epsilon_lower_bound",
+    "members": "members",
+    "non-members": "nonmembers",
+}
+GROUP_COLUMNS = {
+    "feature": "feature",
+    "group": "group",
+    "members": "members",
+    "non-members": "nonmembers",
+    "AUC": "auc",
+}
+ONE_PASS_METHOD = (
+    "per-sample gradient norms and clipped sums from one backward pass (book-keeping ghost clipping, "
+    "Linear layers), noise by Opacus' DPOptimizerFastGradientClipping"
+)
+OPACUS_METHOD = "per-sample gradients by Opacus' GradSampleModule, clipping and noise by DPOptimizer"
+
+
+@dataclass
+class EpochPrivacy:
+    """Privacy spent and share of per-sample gradients clipped, at the end of one epoch."""
+
+    epoch: int
+    epsilon: float
+    clip_rate: float
+
+
+@dataclass
+class PrivacyState:
+    """What DP-SGD keeps between hooks, in ``setup.artifacts["privacy"]`` (``ctx.artifacts`` after training)."""
+
+    accountant: Any  # an Opacus accountant; its history holds the steps actually taken
+    accountant_name: str
+    delta: float
+    noise_multiplier: float
+    max_grad_norm: float
+    sample_rate: float
+    planned_steps: int
+    target_epsilon: float | None
+    clip_counts: torch.Tensor  # [clipped, total] on the device: read once per epoch, not once per step
+    data_uses: list[DataUse]  # the setup's own list: plugins that read training data outside the optimizer
+    clipper: dp_clipping.BookKeepingClipper | None = None  # the one-pass path's hooks, until training ends
+    epochs: list[EpochPrivacy] = field(default_factory=list)
+
+    def steps(self) -> int:
+        """DP-SGD steps taken so far."""
+        return int(sum(steps for _, _, steps in self.accountant.history))
+
+    def epsilon(self) -> float:
+        """Epsilon spent over the steps taken (0 before the first)."""
+        return float(self.accountant.get_epsilon(delta=self.delta)) if self.steps() else 0.0
+
+    def guarantee(self) -> dict[str, Any]:
+        """The (epsilon, delta) guarantee and how it was reached, JSON-able (it travels in model.pt)."""
+        return {
+            "epsilon": self.epsilon(),
+            "delta": self.delta,
+            "noise_multiplier": float(self.noise_multiplier),
+            "max_grad_norm": self.max_grad_norm,
+            "sample_rate": self.sample_rate,
+            "steps": self.steps(),
+            "planned_steps": self.planned_steps,
+            "accountant": self.accountant_name,
+            "target_epsilon": self.target_epsilon,
+        }
+
+
+def _train_option(flag: str, help_text: str, **kwargs: Any) -> CliOption:
+    return CliOption((flag,), dict(help=help_text, **kwargs), commands=("train",))
 
 
 @hookimpl
 def audit_cli_options() -> list[CliOption]:
+    """The DP-SGD options (train only) and the membership-inference sample size (train and evaluate)."""
     return [
-        CliOption(
-            ("--dp",),
-            dict(action="store_true", default=False, help="train with DP-SGD (Opacus)"),
-            commands=("train",),
+        _train_option("--dp", "train with DP-SGD (Opacus)", action="store_true", default=False),
+        _train_option(
+            "--epsilon", "privacy budget for the whole run; calibrates the noise", type=float, default=None
         ),
-        CliOption(
-            ("--epsilon",),
-            dict(type=float, default=None, help="privacy budget for the whole run; calibrates the noise"),
-            commands=("train",),
+        _train_option(
+            "--noise-multiplier", "DP-SGD noise multiplier (instead of --epsilon)", type=float, default=None
         ),
-        CliOption(
-            ("--noise-multiplier",),
-            dict(type=float, default=None, help="DP-SGD noise multiplier (instead of --epsilon)"),
-            commands=("train",),
-        ),
-        CliOption(
-            ("--max-grad-norm",),
-            dict(type=float, default=None, help="per-sample gradient clipping norm [1.0]"),
-            commands=("train",),
-        ),
-        CliOption(
-            ("--delta",),
-            dict(type=float, default=None, help="delta [the power of ten below 1/N]"),
-            commands=("train",),
-        ),
-        CliOption(
-            ("--accountant",),
-            dict(choices=["rdp", "prv"], default=None, help="Opacus accountant [rdp]"),
-            commands=("train",),
-        ),
-        CliOption(
-            ("--dp-baseline",),
-            dict(action="store_true", default=False, help="also train without DP and compare accuracy"),
-            commands=("train",),
+        _train_option("--max-grad-norm", "per-sample gradient clipping norm [1.0]", type=float, default=None),
+        _train_option("--delta", "delta [the power of ten below 1/N]", type=float, default=None),
+        _train_option("--accountant", "Opacus accountant [rdp]", choices=["rdp", "prv"], default=None),
+        _train_option(
+            "--dp-baseline", "also train without DP and compare accuracy", action="store_true", default=False
         ),
         CliOption(
             ("--mia-samples",),
@@ -76,40 +144,31 @@ def audit_cli_options() -> list[CliOption]:
     ]
 
 
-# Options that mean nothing without --dp, and the defaults they take with it.
-DP_ONLY_FLAGS = {
-    "--epsilon": "epsilon",
-    "--noise-multiplier": "noise_multiplier",
-    "--delta": "delta",
-    "--max-grad-norm": "max_grad_norm",
-    "--accountant": "accountant",
-    "--dp-baseline": "dp_baseline",
-}
-DP_DEFAULTS = {"max_grad_norm": 1.0, "accountant": "rdp"}
-
-
 @hookimpl
 def audit_configure(config: RunConfig) -> None:
-    dp = config.option("dp", False)
-    epsilon, sigma = config.option("epsilon"), config.option("noise_multiplier")
-    if config.option("mia_samples", MIA_SAMPLES) < MIA_MIN_SAMPLES:
-        raise AuditError(
-            f"--mia-samples must be at least {MIA_MIN_SAMPLES}, got {config.option('mia_samples')}"
-        )
-    if not dp:
+    """Check the privacy options: DP-only options need --dp, and DP-SGD refuses what would void its guarantee."""
+    if config.option("mia_samples", MIA_SAMPLES) < MIN_SAMPLES:
+        raise AuditError(f"--mia-samples must be at least {MIN_SAMPLES}, got {config.option('mia_samples')}")
+    if not config.option("dp", False):
         config.refuse_without("--dp", DP_ONLY_FLAGS)
         return
     config.default_options(DP_DEFAULTS)
+    epsilon, sigma = config.option("epsilon"), config.option("noise_multiplier")
     if (epsilon is None) == (sigma is None):
         raise AuditError(
             "--dp needs exactly one of --epsilon E (calibrate the noise) or --noise-multiplier S"
         )
-    if epsilon is not None and not epsilon > 0:
-        raise AuditError(f"--epsilon must be positive, got {epsilon}")
-    if sigma is not None and not sigma > 0:
-        raise AuditError(f"--noise-multiplier must be positive, got {sigma}")
-    if not config.option("max_grad_norm") > 0:
-        raise AuditError("--max-grad-norm must be positive")
+    # "not (0 < x < inf)" also refuses NaN; an infinite epsilon or noise multiplier is no guarantee at all
+    for flag, value in (
+        ("--epsilon", epsilon),
+        ("--noise-multiplier", sigma),
+        ("--max-grad-norm", config.option("max_grad_norm")),
+    ):
+        if value is not None and not (0 < value < math.inf):
+            raise AuditError(f"{flag} must be a finite positive number, got {value}")
+    delta = config.option("delta")
+    if delta is not None and not (0 < delta < 1):
+        raise AuditError(f"--delta must be in (0, 1) and below 1/N, got {delta}")
     if config.compile:
         raise AuditError(
             "--compile cannot be combined with --dp: Opacus' per-sample gradient hooks need the eager model"
@@ -118,8 +177,12 @@ def audit_configure(config: RunConfig) -> None:
         raise AuditError(
             "--grad-clip cannot be combined with --dp: DP-SGD clips each sample's gradient; use --max-grad-norm"
         )
-    if config.lr is None:
-        config.lr = DP_DEFAULT_LR
+
+
+@hookimpl
+def audit_config_defaults(config: RunConfig) -> dict[str, Any] | None:
+    """DP-SGD's learning rate under --dp (a --lr the user gives still wins); nothing otherwise."""
+    return {"lr": DP_DEFAULT_LR} if config.option("dp", False) else None
 
 
 def default_delta(num_rows: int) -> float:
@@ -129,10 +192,106 @@ def default_delta(num_rows: int) -> float:
     return delta / 10 if delta >= 1.0 / num_rows else delta
 
 
+def _checked_delta(delta: float | None, num_rows: int) -> float:
+    delta = default_delta(num_rows) if delta is None else delta
+    if delta >= 1.0 / num_rows:
+        raise AuditError(
+            f"--delta {delta:g} is not below 1/N = {1.0 / num_rows:.3g} for {num_rows} training rows; a delta "
+            "that large allows releasing a whole row"
+        )
+    return delta
+
+
 def _make_accountant(name: str) -> Any:
     from opacus.accountants import PRVAccountant, RDPAccountant
 
     return RDPAccountant() if name == "rdp" else PRVAccountant()
+
+
+def _noise_multiplier(config: RunConfig, delta: float, sample_rate: float, steps: int) -> float:
+    from opacus.accountants.utils import get_noise_multiplier
+
+    if config.option("noise_multiplier") is not None:
+        return config.option("noise_multiplier")
+    # Calibrated for the planned steps, so stopping early can only spend less than --epsilon.
+    try:
+        return get_noise_multiplier(
+            target_epsilon=config.option("epsilon"),
+            target_delta=delta,
+            sample_rate=sample_rate,
+            steps=steps,
+            accountant=config.option("accountant"),
+        )
+    except ValueError as exc:  # Opacus: "The privacy budget is too low." (no finite noise reaches it)
+        raise AuditError(
+            f"--epsilon {config.option('epsilon'):g} cannot be reached with any noise over {steps} steps at sample "
+            f"rate {sample_rate:.3g} and delta {delta:g} ({exc}); raise --epsilon or train fewer steps"
+        ) from None
+
+
+def _replace_unsupported_layers(setup: TrainingSetup) -> None:
+    """Swap BatchNorm for per-sample normalisation (it mixes rows, so one row's influence is unbounded)."""
+    from opacus.validators import ModuleValidator
+
+    if not ModuleValidator.validate(setup.base_model, strict=False):
+        return
+    fixed, count = replace_batchnorm(setup.base_model)
+    remaining = ModuleValidator.validate(fixed, strict=False)
+    if remaining:
+        raise AuditError(f"the model has layers DP-SGD cannot train: {remaining[0]}")
+    setup.base_model = setup.model = fixed.to(setup.device)
+    setup.model_spec = {**setup.model_spec, "batchnorm_replaced": True}
+    setup.optimizer = make_optimizer(setup.config, [p for p in fixed.parameters() if p.requires_grad])
+    setup.notes.append(
+        f"DP: replaced {count} BatchNorm layer(s) with per-sample normalisation "
+        "(BatchNorm1d -> LayerNorm, 2d/3d -> GroupNorm)"
+    )
+
+
+def _grad_sample_norms(optimizer: Any) -> torch.Tensor:
+    # DPOptimizer does not keep its per-sample norms; this recomputation only runs off the one-pass path.
+    return torch.stack([g.reshape(len(g), -1).norm(2, dim=-1) for g in optimizer.grad_samples], dim=1).norm(
+        2, dim=1
+    )
+
+
+def _step_hook(state: PrivacyState) -> Callable[[Any], None]:
+    """The optimizer's step hook: account the step and count the per-sample gradients that were clipped."""
+    account = state.accountant.get_optimizer_hook_fn(sample_rate=state.sample_rate)
+    clipper = state.clipper
+
+    def hook(optimizer: Any) -> None:
+        account(optimizer)
+        norms = clipper.last_norms if clipper is not None else _grad_sample_norms(optimizer)
+        state.clip_counts[0] += (norms > state.max_grad_norm).sum()
+        state.clip_counts[1] += len(norms)
+
+    return hook
+
+
+def _privatise(setup: TrainingSetup, state: PrivacyState) -> str:
+    """Put per-sample clipping and noise on the setup's model and optimizer; return how, for the notes."""
+    from opacus import GradSampleModule
+    from opacus.optimizers import DPOptimizer
+
+    dp_kwargs = dict(
+        noise_multiplier=state.noise_multiplier,
+        max_grad_norm=state.max_grad_norm,
+        expected_batch_size=setup.config.batch_size,
+        loss_reduction="mean",
+        generator=torch.Generator(device=setup.device).manual_seed(setup.config.seed + NOISE_SEED_OFFSET),
+    )
+    if dp_clipping.supports(setup.model, setup.dataset.train.x[:2].to(setup.device)):
+        state.clipper = dp_clipping.BookKeepingClipper(setup.model, max_grad_norm=state.max_grad_norm)
+        setup.optimizer = dp_clipping.make_noise_optimizer(setup.optimizer, **dp_kwargs)
+        setup.backward = state.clipper.backward
+        method = ONE_PASS_METHOD
+    else:
+        setup.model = GradSampleModule(setup.model, batch_first=True, loss_reduction="mean")
+        setup.optimizer = DPOptimizer(setup.optimizer, **dp_kwargs)
+        method = OPACUS_METHOD
+    setup.optimizer.attach_step_hook(_step_hook(state))
+    return method
 
 
 @hookimpl(trylast=True)
@@ -141,422 +300,409 @@ def audit_prepare_training(setup: TrainingSetup) -> None:
     config = setup.config
     if not config.option("dp", False):
         return
-    from opacus import GradSampleModule
-    from opacus.accountants.utils import get_noise_multiplier
-    from opacus.optimizers import DPOptimizer
-    from opacus.validators import ModuleValidator
-
-    n = len(setup.dataset.train)
-    delta = config.option("delta") or default_delta(n)
-    if delta >= 1.0 / n:
+    if setup.batch_transform is not None:
         raise AuditError(
-            f"--delta {delta:g} is not below 1/N = {1.0 / n:.3g} for {n} training rows; a delta that large "
-            "allows releasing a whole row"
+            "--dp cannot be combined with a plugin that rewrites training batches (such as --robustness "
+            "adv-train): the attack's extra backward passes would pass through the per-sample gradient hooks"
         )
-    if ModuleValidator.validate(setup.base_model, strict=False):
-        fixed, count = replace_batchnorm(setup.base_model)
-        remaining = ModuleValidator.validate(fixed, strict=False)
-        if remaining:
-            raise AuditError(f"the model has layers DP-SGD cannot train: {remaining[0]}")
-        setup.base_model = setup.model = fixed.to(setup.device)
-        setup.model_spec = {**setup.model_spec, "batchnorm_replaced": True}
-        setup.optimizer = make_optimizer(config, [p for p in fixed.parameters() if p.requires_grad])
-        setup.notes.append(
-            f"DP: replaced {count} BatchNorm layer(s) with per-sample normalisation (BatchNorm1d -> LayerNorm, 2d/3d -> GroupNorm)"
-        )
-    sample_rate = min(1.0, config.batch_size / n)
-    sampler = PoissonBatches(num_rows=n, sample_rate=sample_rate)
+    num_rows = len(setup.dataset.train)
+    delta = _checked_delta(config.option("delta"), num_rows)
+    _replace_unsupported_layers(setup)
+    sampler = PoissonBatches(num_rows=num_rows, sample_rate=min(1.0, config.batch_size / num_rows))
     planned_steps = config.epochs * sampler.steps_per_epoch
-    accountant_name = config.option("accountant")
-    sigma = config.option("noise_multiplier")
-    if sigma is None:
-        sigma = get_noise_multiplier(
-            target_epsilon=config.option("epsilon"),
-            target_delta=delta,
-            sample_rate=sample_rate,
-            steps=planned_steps,
-            accountant=accountant_name,
-        )
-    max_grad_norm = config.option("max_grad_norm")
-    noise_generator = torch.Generator(device=setup.device).manual_seed(config.seed + 104729)
-    accountant = _make_accountant(accountant_name)
-    account = accountant.get_optimizer_hook_fn(sample_rate=sample_rate)
-    clip_counts = torch.zeros(2, device=setup.device)  # [clipped, total] per epoch, read once per epoch
-    dp_kwargs = dict(
-        noise_multiplier=sigma,
-        max_grad_norm=max_grad_norm,
-        expected_batch_size=config.batch_size,
-        loss_reduction="mean",
-        generator=noise_generator,
+    state = PrivacyState(
+        accountant=_make_accountant(config.option("accountant")),
+        accountant_name=config.option("accountant"),
+        delta=delta,
+        noise_multiplier=_noise_multiplier(config, delta, sampler.sample_rate, planned_steps),
+        max_grad_norm=config.option("max_grad_norm"),
+        sample_rate=sampler.sample_rate,
+        planned_steps=planned_steps,
+        target_epsilon=config.option("epsilon"),
+        clip_counts=torch.zeros(2, device=setup.device),
+        data_uses=setup.data_uses,
     )
-    if dp_clipping.supports(setup.model, setup.dataset.train.x[:2].to(setup.device)):
-        clipper = dp_clipping.BookKeepingClipper(setup.model, max_grad_norm=max_grad_norm)
-        model, optimizer = setup.model, dp_clipping.make_noise_optimizer(setup.optimizer, **dp_kwargs)
-        setup.backward = clipper.backward
-        setup.artifacts["dp_clipper"] = clipper
-        method = (
-            "per-sample gradient norms and clipped sums from one backward pass (book-keeping ghost clipping, "
-            "Linear layers), noise by Opacus' DPOptimizerFastGradientClipping"
-        )
-
-        def sample_norms(optim: Any) -> torch.Tensor:
-            return clipper.last_norms
-    else:
-        model = GradSampleModule(setup.model, batch_first=True, loss_reduction="mean")
-        optimizer = DPOptimizer(setup.optimizer, **dp_kwargs)
-        method = "per-sample gradients by Opacus' GradSampleModule, clipping and noise by DPOptimizer"
-
-        def sample_norms(optim: Any) -> torch.Tensor:
-            # DPOptimizer does not keep its per-sample norms; this recomputation only runs off the fast path.
-            return torch.stack(
-                [g.reshape(len(g), -1).norm(2, dim=-1) for g in optim.grad_samples], dim=1
-            ).norm(2, dim=1)
-
-    def step_hook(optim: Any) -> None:
-        account(optim)
-        norms = sample_norms(optim)
-        clip_counts[0] += (norms > max_grad_norm).sum()
-        clip_counts[1] += len(norms)
-
-    optimizer.attach_step_hook(step_hook)
-    setup.model, setup.optimizer, setup.batch_sampler = model, optimizer, sampler
+    method = _privatise(setup, state)
+    setup.batch_sampler = sampler
     setup.use_amp = False
     setup.track_grad_norm = False  # the non-private gradient norm must not leak into the report
     setup.monitor = "val_accuracy"  # DP noise inflates the validation loss while accuracy still improves
     setup.notes.append(
-        f"DP: Poisson sampling on tensor indices; {method}; mixed precision off; the kept epoch is chosen on validation "
-        f"accuracy (DP noise makes the validation loss misleading); lr {config.lr:g}"
+        f"DP: Poisson sampling on tensor indices; {method}; mixed precision off; the kept epoch is chosen on "
+        f"validation accuracy (DP noise makes the validation loss misleading); lr {config.lr:g}"
     )
-    setup.artifacts["privacy"] = {
-        "accountant": accountant,
-        "accountant_name": accountant_name,
-        "delta": delta,
-        "noise_multiplier": sigma,
-        "max_grad_norm": max_grad_norm,
-        "sample_rate": sample_rate,
-        "planned_steps": planned_steps,
-        "target_epsilon": config.option("epsilon"),
-        "clip_counts": clip_counts,
-        "epochs": [],
-        "data_uses": setup.data_uses,
-    }
+    setup.artifacts["privacy"] = state
 
 
 @hookimpl
 def audit_after_epoch(state: EpochState) -> dict[str, float] | None:
-    info = state.setup.artifacts.get("privacy")
-    if info is None:
+    """Epsilon spent so far and the epoch's share of clipped per-sample gradients (training history columns)."""
+    privacy: PrivacyState | None = state.setup.artifacts.get("privacy")
+    if privacy is None:
         return None
-    clipped, total = info["clip_counts"].tolist()
-    info["clip_counts"].zero_()
-    epsilon = info["accountant"].get_epsilon(delta=info["delta"]) if info["accountant"].history else 0.0
-    record = {"privacy_epsilon": epsilon, "privacy_clip_rate": clipped / total if total else math.nan}
-    info["epochs"].append({"epoch": state.epoch, **record})
-    return record
-
-
-def _guarantee(info: dict[str, Any]) -> dict[str, Any]:
-    accountant = info["accountant"]
-    steps = sum(s for _, _, s in accountant.history) if accountant.history else 0
-    epsilon = accountant.get_epsilon(delta=info["delta"]) if steps else 0.0
-    return {
-        "epsilon": float(epsilon),
-        "delta": info["delta"],
-        "noise_multiplier": float(info["noise_multiplier"]),
-        "max_grad_norm": info["max_grad_norm"],
-        "sample_rate": info["sample_rate"],
-        "steps": int(steps),
-        "planned_steps": info["planned_steps"],
-        "accountant": info["accountant_name"],
-        "target_epsilon": info["target_epsilon"],
-    }
+    clipped, total = privacy.clip_counts.tolist()
+    privacy.clip_counts.zero_()
+    epoch = EpochPrivacy(state.epoch, privacy.epsilon(), clipped / total if total else math.nan)
+    privacy.epochs.append(epoch)
+    return {"privacy_epsilon": epoch.epsilon, "privacy_clip_rate": epoch.clip_rate}
 
 
 @hookimpl
 def audit_after_training(setup: TrainingSetup) -> None:
     """Detach the per-sample hooks so later passes (attacks, audits) see the plain model."""
-    if "privacy" in setup.artifacts and hasattr(setup.model, "_close"):
+    state: PrivacyState | None = setup.artifacts.get("privacy")
+    if state is None:
+        return
+    if hasattr(setup.model, "_close"):  # Opacus' GradSampleModule
         setup.model._close()
         setup.model = setup.base_model
-    clipper = setup.artifacts.pop("dp_clipper", None)
-    if clipper is not None:
-        clipper.remove()
+    if state.clipper is not None:
+        state.clipper.remove()
+        state.clipper = None
         setup.backward = None
 
 
 @hookimpl
 def audit_checkpoint_metadata(setup: TrainingSetup) -> dict[str, Any] | None:
-    info = setup.artifacts.get("privacy")
-    return {"privacy": _guarantee(info)} if info else None
+    """The DP guarantee, so that 'audit evaluate' on the saved model reports it again."""
+    state: PrivacyState | None = setup.artifacts.get("privacy")
+    return {"privacy": state.guarantee()} if state else None
 
 
-def _mia(ctx: EvalContext, section: Section, delta: float) -> None:
-    train_losses, held_losses = ctx.train_losses.numpy(), ctx.heldout_losses.numpy()
-    if len(train_losses) == 0:
-        section.notes.append(
-            "membership-inference audit skipped: the training rows are not known for this evaluation"
-        )
-        return
-    rng = np.random.default_rng(ctx.seed + 15485863)
-    k = min(len(train_losses), len(held_losses), ctx.config.option("mia_samples", MIA_SAMPLES))
-    if k < MIA_MIN_SAMPLES:
-        section.notes.append(
-            f"membership-inference audit skipped: {k} rows per side, fewer than the {MIA_MIN_SAMPLES} it needs"
-        )
-        return
-    members = rng.choice(len(train_losses), k, replace=False)
-    nonmembers = rng.choice(len(held_losses), k, replace=False)
-    y_train, y_test = ctx.dataset.train.y.numpy(), ctx.test_y.numpy()
-    # Half of the non-members calibrate the class-conditional attack; the rest are scored.
-    ref, scored = nonmembers[: k // 2], nonmembers[k // 2 :]
-    attacks = [
-        run_attack(
-            "loss threshold", -train_losses[members], -held_losses[nonmembers], delta=delta, seed=ctx.seed
-        ),
-        run_attack(
-            "class-calibrated loss",
-            class_calibrated_scores(train_losses[members], y_train[members], held_losses[ref], y_test[ref]),
-            class_calibrated_scores(held_losses[scored], y_test[scored], held_losses[ref], y_test[ref]),
-            delta=delta,
-            seed=ctx.seed,
-        ),
-    ]
-    best = max(attacks, key=lambda a: a.auc)
-    section.add_metric("mia_auc", best.auc)
-    section.metrics["privacy.mia_tpr_at_fpr_0.01"] = best.tpr_at_fpr[0.01]
-    section.metrics["privacy.mia_tpr_at_fpr_0.001"] = best.tpr_at_fpr[0.001]
-    section.add_metric("empirical_epsilon_lower_bound", max(a.epsilon_lower_bound for a in attacks))
-    section.tables.append(
-        Table(
-            "Membership-inference attacks (members: training rows; non-members: test rows)",
-            [
-                "attack",
-                "AUC",
-                "TPR @ FPR 1%",
-                "TPR @ FPR 0.1%",
-                "epsilon lower bound (95%)",
-                "members",
-                "non-members",
-            ],
-            [
-                [
-                    a.name,
-                    a.auc,
-                    a.tpr_at_fpr[0.01],
-                    a.tpr_at_fpr[0.001],
-                    a.epsilon_lower_bound,
-                    a.members,
-                    a.nonmembers,
-                ]
-                for a in attacks
-            ],
-        )
-    )
-    section.notes.append(
-        f"headline MIA figures are the strongest attack's ({best.name}); the epsilon lower bound holds with 95% "
-        f"confidence (threshold chosen on half the rows, Clopper-Pearson bounds on the other half, delta {delta:g})"
-    )
-    _mia_by_group(ctx, section, members, nonmembers, train_losses, held_losses)
-
-
-def _mia_by_group(
-    ctx: EvalContext,
-    section: Section,
-    members: np.ndarray,
-    nonmembers: np.ndarray,
-    train_losses: np.ndarray,
-    held_losses: np.ndarray,
-) -> None:
-    from sklearn.metrics import roc_auc_score
-
-    rows = []
-    for feature in ctx.dataset.sensitive:
-        g_train = ctx.dataset.train.groups[feature].to_numpy()[members]
-        g_test = ctx.dataset.test.groups[feature].to_numpy()[nonmembers]
-        for group in sorted(set(g_train) & set(g_test)):
-            m, n = -train_losses[members][g_train == group], -held_losses[nonmembers][g_test == group]
-            if len(m) < 10 or len(n) < 10:
-                continue
-            auc = float(roc_auc_score(np.r_[np.ones(len(m)), np.zeros(len(n))], np.r_[m, n]))
-            segment = metric_segment(group)
-            section.metrics[f"privacy.mia_auc.{feature}.{segment}"] = auc
-            rows.append([feature, group, len(m), len(n), auc])
-    if rows:
-        section.tables.append(
-            Table(
-                "Loss-threshold MIA AUC per group",
-                ["feature", "group", "members", "non-members", "AUC"],
-                rows,
-            )
-        )
+# --- the section: payload first, then metrics, tables, figures and summary rendered from it --------------
 
 
 @hookimpl
 def audit_evaluate(ctx: EvalContext) -> Section | None:
-    section = Section("privacy", "Privacy")
-    info = ctx.artifacts.get("privacy")
-    guarantee = _guarantee(info) if info else ctx.checkpoint_metadata.get("privacy")
-    delta = guarantee["delta"] if guarantee else default_delta(max(len(ctx.dataset.train), 10))
-    if guarantee:
-        for key in ("epsilon", "delta", "noise_multiplier", "max_grad_norm", "sample_rate", "steps"):
-            section.add_metric(key, guarantee[key])
-        section.metrics["privacy.accountant"] = {"rdp": 0, "prv": 1}[guarantee["accountant"]]
-        section.notes.append(
-            f"(epsilon, delta) = ({guarantee['epsilon']:.4g}, {guarantee['delta']:g}) from Opacus' "
-            f"{guarantee['accountant'].upper()} accountant over the {guarantee['steps']} steps actually taken "
-            f"(planned {guarantee['planned_steps']}); privacy.accountant: 0 = rdp, 1 = prv"
-        )
-        section.notes.append(
-            "the guarantee covers the training rows; the validation rows chose the kept epoch and are not covered; "
-            "noise comes from a seeded PRNG (Opacus secure_mode off), fine for audits, not for production releases"
-        )
-        if info:
-            _data_uses(info, guarantee, section)
-            epochs = info["epochs"]
-            xs = [e["epoch"] for e in epochs]
-            section.figures.append(
-                Figure(
-                    "Privacy spent per epoch",
-                    "line",
-                    "epoch",
-                    "epsilon",
-                    [Series("epsilon", xs, [e["privacy_epsilon"] for e in epochs])],
-                )
-            )
-            section.figures.append(
-                Figure(
-                    "Share of per-sample gradients clipped",
-                    "line",
-                    "epoch",
-                    "fraction clipped",
-                    [Series("clipped", xs, [e["privacy_clip_rate"] for e in epochs])],
-                )
-            )
-            if epochs:
-                section.add_metric("clip_rate_last_epoch", epochs[-1]["privacy_clip_rate"])
-                if epochs[-1]["privacy_clip_rate"] > 0.95:
-                    section.warnings.append(
-                        "over 95% of per-sample gradients were clipped in the last epoch: --max-grad-norm "
-                        "may be too small, which biases the gradient"
-                    )
-    else:
-        section.notes.append("no differential-privacy guarantee: the model was trained without DP-SGD")
-    _mia(ctx, section, delta)
-    if ctx.config.option("dp_baseline") and ctx.training is not None:
-        _baseline(ctx, section)
+    """The privacy section: the DP guarantee (if any), the membership-inference audit, the utility cost."""
+    section = Section("privacy", "Privacy", order=30)
+    section.data = privacy_payload(ctx)
+    _render_guarantee(section)
+    _render_data_uses(section)
+    _render_training(section)
+    _render_membership(section)
+    _render_baseline(section)
+    section.summary = summary_lines(section.data)
     return section
 
 
-def _data_uses(info: dict[str, Any], guarantee: dict[str, Any], section: Section) -> None:
-    uses = info["data_uses"]
-    if not uses:
-        return
+def privacy_payload(ctx: EvalContext) -> dict[str, Any]:
+    """The section's JSON-able payload, from this run's training state or the saved model's metadata."""
+    state: PrivacyState | None = ctx.artifacts.get("privacy")
+    guarantee = state.guarantee() if state else ctx.checkpoint_metadata.get("privacy")
+    delta = guarantee["delta"] if guarantee else default_delta(max(len(ctx.dataset.train), 10))
+    uses = [asdict(use) for use in state.data_uses] if state else []
+    baseline = ctx.config.option("dp_baseline") and ctx.training is not None
+    return {
+        "guarantee": guarantee,
+        "epochs": [asdict(epoch) for epoch in state.epochs] if state else [],
+        "data_uses": uses,
+        "epsilon_total": _composed_epsilon(guarantee, uses),
+        "membership_inference": membership_payload(ctx, delta),
+        "dp_baseline": baseline_payload(ctx) if baseline else None,
+    }
+
+
+def _composed_epsilon(guarantee: dict[str, Any] | None, uses: list[dict[str, Any]]) -> float | None:
+    """DP-SGD's epsilon plus each data use's, by basic composition; None unless every use was privatised."""
+    if not guarantee or not uses or any(use["epsilon"] is None for use in uses):
+        return None
     total = guarantee["epsilon"]
     for use in uses:
-        if use.epsilon is None:
+        total += use["epsilon"]
+    return total
+
+
+def membership_payload(ctx: EvalContext, delta: float) -> dict[str, Any]:
+    """Loss-based attacks on training rows (members) against test rows (non-members), overall and per group."""
+    train_losses, held_losses = ctx.train_losses.numpy(), ctx.heldout_losses.numpy()
+    payload: dict[str, Any] = dict(
+        delta=delta, skipped=None, attacks=[], headline_attack=None, epsilon_lower_bound=None, groups=[]
+    )
+    if len(train_losses) == 0:
+        return {**payload, "skipped": "the training rows are not known for this evaluation"}
+    samples = ctx.config.option("mia_samples", MIA_SAMPLES)
+    members, nonmembers = draw_sides(len(train_losses), len(held_losses), samples, ctx.seed + MIA_SEED_OFFSET)
+    if len(members) < MIN_SAMPLES:
+        return {**payload, "skipped": f"{len(members)} rows per side, fewer than the {MIN_SAMPLES} it needs"}
+    y_train, y_test = ctx.dataset.train.y.numpy()[members], ctx.test_y.numpy()[nonmembers]
+    attacks = loss_attacks(
+        train_losses[members], y_train, held_losses[nonmembers], y_test, delta=delta, seed=ctx.seed
+    )
+    groups = []
+    for feature, columns in sensitive_features(ctx.dataset.sensitive):
+        member_groups = group_labels(ctx.dataset.train.groups, columns)[members]
+        nonmember_groups = group_labels(ctx.dataset.test.groups, columns)[nonmembers]
+        rows = group_aucs(-train_losses[members], -held_losses[nonmembers], member_groups, nonmember_groups)
+        groups += [{"feature": feature, **row} for row in rows]
+    return {
+        **payload,
+        "attacks": [attack.to_dict() for attack in attacks],
+        "headline_attack": max(attacks, key=lambda a: a.auc).name,
+        "epsilon_lower_bound": max(a.epsilon_lower_bound for a in attacks),
+        "groups": groups,  # the loss-threshold attack within each sensitive group
+    }
+
+
+def baseline_payload(ctx: EvalContext) -> dict[str, Any]:
+    """Test accuracy of the core's model trained without DP against this run's, overall and per group."""
+    _, pred = ctx.baseline()
+    y = ctx.test_y
+
+    def accuracy(predicted: torch.Tensor, mask: np.ndarray | None = None) -> float:
+        hits = (
+            predicted == y if mask is None else predicted[torch.as_tensor(mask)] == y[torch.as_tensor(mask)]
+        )
+        return float(hits.float().mean())
+
+    base_acc, acc = accuracy(pred), accuracy(ctx.test_pred)
+    groups = [
+        {
+            "feature": feature,
+            "group": group,
+            "rows": int(mask.sum()),
+            "baseline_accuracy": accuracy(pred, mask),
+            "accuracy": accuracy(ctx.test_pred, mask),
+        }
+        for feature, columns in sensitive_features(ctx.dataset.sensitive)
+        for group, mask in group_masks(group_labels(ctx.dataset.test.groups, columns))
+    ]
+    return {
+        "rows": len(y),
+        "baseline_accuracy": base_acc,
+        "accuracy": acc,
+        "accuracy_cost": base_acc - acc,
+        "groups": groups,
+    }
+
+
+def _render_guarantee(section: Section) -> None:
+    guarantee = section.data["guarantee"]
+    if not guarantee:
+        section.notes.append("no differential-privacy guarantee: the model was trained without DP-SGD")
+        return
+    for key in ("epsilon", "delta", "noise_multiplier", "max_grad_norm", "sample_rate", "steps"):
+        section.add_metric(key, guarantee[key])
+    section.add_metric("accountant", ACCOUNTANT_CODES[guarantee["accountant"]])
+    section.notes.append(
+        f"(epsilon, delta) = ({guarantee['epsilon']:.4g}, {guarantee['delta']:g}) from Opacus' "
+        f"{guarantee['accountant'].upper()} accountant over the {guarantee['steps']} steps actually taken "
+        f"(planned {guarantee['planned_steps']}); privacy.accountant: 0 = rdp, 1 = prv"
+    )
+    section.notes.append(
+        "the guarantee covers the training rows; the validation rows chose the kept epoch and are not covered; "
+        "noise comes from a seeded PRNG (Opacus secure_mode off), fine for audits, not for production releases"
+    )
+
+
+def _render_data_uses(section: Section) -> None:
+    for use in section.data["data_uses"]:
+        if use["epsilon"] is None:
             section.warnings.append(
-                f"{use.name} ({use.description}) used the training rows without noise: that use is "
+                f"{use['name']} ({use['description']}) used the training rows without noise: that use is "
                 "outside the DP-SGD guarantee (pass --reweight-epsilon to privatise it)"
             )
         else:
-            total += use.epsilon
-            section.notes.append(f"{use.name}: privatised at epsilon {use.epsilon:g} (Laplace counts)")
-    if all(u.epsilon is not None for u in uses):
+            section.notes.append(f"{use['name']}: privatised at epsilon {use['epsilon']:g} (Laplace counts)")
+    total = section.data["epsilon_total"]
+    if total is not None:
         section.add_metric("epsilon_total", total)
         section.notes.append(
             f"total epsilon by basic composition, DP-SGD plus the data uses above: {total:.4g}"
         )
 
 
-def _baseline(ctx: EvalContext, section: Section) -> None:
-    _, pred = ctx.baseline()
-    y = ctx.test_y
-    base_acc, acc = float((pred == y).float().mean()), float((ctx.test_pred == y).float().mean())
-    section.add_metric("baseline_accuracy", base_acc)
-    section.add_metric("accuracy_cost", base_acc - acc)
-    rows = [["all", len(y), base_acc, acc]]
-    for feature in ctx.dataset.sensitive:
-        groups = ctx.dataset.test.groups[feature].to_numpy()
-        for group in sorted(set(groups)):
-            mask = torch.as_tensor(groups == group)
-            rows.append(
-                [
-                    f"{feature}={group}",
-                    int(mask.sum()),
-                    float((pred[mask] == y[mask]).float().mean()),
-                    float((ctx.test_pred[mask] == y[mask]).float().mean()),
-                ]
-            )
+def _render_training(section: Section) -> None:
+    epochs = section.data["epochs"]
+    if not epochs:  # no DP-SGD training in this run ('audit evaluate', or trained without --dp)
+        return
+    xs = [e["epoch"] for e in epochs]
+    section.figures.append(
+        Figure(
+            "Privacy spent per epoch",
+            "line",
+            "epoch",
+            "epsilon",
+            [Series("epsilon", xs, [e["epsilon"] for e in epochs])],
+        )
+    )
+    section.figures.append(
+        Figure(
+            "Share of per-sample gradients clipped",
+            "line",
+            "epoch",
+            "fraction clipped",
+            [Series("clipped", xs, [e["clip_rate"] for e in epochs])],
+        )
+    )
+    section.add_metric("clip_rate_last_epoch", epochs[-1]["clip_rate"])
+    if epochs[-1]["clip_rate"] > 0.95:
+        section.warnings.append(
+            "over 95% of per-sample gradients were clipped in the last epoch: --max-grad-norm "
+            "may be too small, which biases the gradient"
+        )
+
+
+def _table(title: str, columns: dict[str, str], rows: list[dict[str, Any]]) -> Table:
+    """A table of payload rows: ``columns`` maps each column's heading to its payload key."""
+    return Table(title, list(columns), [[row[key] for key in columns.values()] for row in rows])
+
+
+def _render_membership(section: Section) -> None:
+    mia = section.data["membership_inference"]
+    if mia["skipped"]:
+        section.notes.append(f"membership-inference audit skipped: {mia['skipped']}")
+        return
+    best = next(a for a in mia["attacks"] if a["name"] == mia["headline_attack"])
+    for key in ("auc", "tpr_at_fpr_0.01", "tpr_at_fpr_0.001"):
+        section.add_metric(f"mia_{key}", best[key])
+    section.add_metric("empirical_epsilon_lower_bound", mia["epsilon_lower_bound"])
+    title = "Membership-inference attacks (members: training rows; non-members: test rows)"
+    section.tables.append(_table(title, ATTACK_COLUMNS, mia["attacks"]))
+    section.notes.append(
+        f"headline MIA figures are the strongest attack's ({best['name']}); the epsilon lower bound holds with 95% "
+        "confidence (threshold chosen on half the rows, Clopper-Pearson bounds on the other half, "
+        f"delta {mia['delta']:g})"
+    )
+    _render_membership_groups(section, mia["groups"])
+
+
+def _render_membership_groups(section: Section, groups: list[dict[str, Any]]) -> None:
+    for row in groups:
+        section.add_metric(group_metric(row["feature"], row["group"], "mia_auc"), row["auc"])
+    if groups:
+        section.tables.append(_table("Loss-threshold MIA AUC per group", GROUP_COLUMNS, groups))
+
+
+def _render_baseline(section: Section) -> None:
+    baseline = section.data["dp_baseline"]
+    if baseline is None:
+        return
+    section.add_metric("baseline_accuracy", baseline["baseline_accuracy"])
+    section.add_metric("accuracy_cost", baseline["accuracy_cost"])
+    rows = [["all", baseline["rows"], baseline["baseline_accuracy"], baseline["accuracy"]]]
+    rows += [
+        [f"{g['feature']}={g['group']}", g["rows"], g["baseline_accuracy"], g["accuracy"]]
+        for g in baseline["groups"]
+    ]
     section.tables.append(
         Table("Utility cost of privacy (test accuracy)", ["rows", "count", "without DP", "with DP"], rows)
     )
 
 
+def summary_lines(data: dict[str, Any]) -> list[str]:
+    """Plain-language findings for a reader of the model card, from the section's payload."""
+    guarantee = data["guarantee"]
+    if guarantee:
+        lines = [
+            f"Trained with DP-SGD: (epsilon, delta) = ({guarantee['epsilon']:.4g}, {guarantee['delta']:g}) over "
+            f"{guarantee['steps']} steps, noise multiplier {guarantee['noise_multiplier']:.3g}, clipping norm "
+            f"{guarantee['max_grad_norm']:g}, {guarantee['accountant'].upper()} accountant."
+        ]
+    else:
+        lines = ["Trained without differential privacy: no formal guarantee."]
+    lines += [
+        f"{use['name'][:1].upper()}{use['name'][1:]} read the training rows without noise: outside the guarantee."
+        for use in data["data_uses"]
+        if use["epsilon"] is None
+    ]
+    if data["epsilon_total"] is not None:
+        lines.append(
+            f"Total epsilon with the privatised data uses (basic composition): {data['epsilon_total']:.4g}."
+        )
+    lines.append(_membership_line(data["membership_inference"], guarantee))
+    baseline = data["dp_baseline"]
+    if baseline is not None:
+        lines.append(
+            f"Utility cost: the same model trained without DP scores {baseline['baseline_accuracy']:.4g} test "
+            f"accuracy, against {baseline['accuracy']:.4g} with DP-SGD."
+        )
+    return lines
+
+
+def _membership_line(mia: dict[str, Any], guarantee: dict[str, Any] | None) -> str:
+    if mia["skipped"]:
+        return f"Membership-inference audit skipped: {mia['skipped']}."
+    best = next(a for a in mia["attacks"] if a["name"] == mia["headline_attack"])
+    line = (
+        f"Membership-inference audit: the strongest attack ({best['name']}) tells training rows from unseen test "
+        f"rows with AUC {best['auc']:.3f} (0.5 is chance, 1 tells every row apart)"
+    )
+    bound = mia["epsilon_lower_bound"]
+    if not bound > 0:
+        return line + "; no attack proves any leakage at 95% confidence."
+    line += f"; the attacks prove epsilon >= {bound:.3g} at 95% confidence"
+    if guarantee is None:
+        return line + "."
+    # A sound DP-SGD run keeps the proven bound below its guarantee (but for the 5% the confidence allows).
+    if bound <= guarantee["epsilon"]:
+        return line + f", within the DP guarantee's {guarantee['epsilon']:.4g}."
+    return line + f", above the DP guarantee's {guarantee['epsilon']:.4g}: the training setup needs a check."
+
+
+def _spec(name: str, higher_is_better: bool | None, unit: str, description: str, **kwargs: Any) -> MetricSpec:
+    return MetricSpec(name, higher_is_better, unit, description, TAGS, **kwargs)
+
+
+METRIC_SPECS = (
+    _spec(
+        "privacy.epsilon",
+        False,
+        "epsilon",
+        "DP-SGD privacy loss over the steps taken (accountant)",
+        headline=True,
+    ),
+    _spec("privacy.epsilon_total", False, "epsilon", "DP-SGD plus privatised data uses, basic composition"),
+    _spec("privacy.delta", False, "probability", "DP failure probability"),
+    _spec("privacy.noise_multiplier", None, "sigma", "Gaussian noise std over the clipping norm"),
+    _spec(
+        "privacy.mia_auc",
+        False,
+        "fraction",
+        "AUC of the strongest membership-inference attack (0.5 = chance)",
+        headline=True,
+    ),
+    _spec("privacy.mia_tpr_at_fpr_0.01", False, "fraction", "Attack TPR at 1% FPR"),
+    _spec("privacy.mia_tpr_at_fpr_0.001", False, "fraction", "Attack TPR at 0.1% FPR"),
+    _spec(
+        "privacy.empirical_epsilon_lower_bound",
+        False,
+        "epsilon",
+        "Epsilon the attacks prove, at 95% confidence",
+    ),
+    _spec("privacy.accuracy_cost", False, "fraction", "Test accuracy lost to DP-SGD"),
+    _spec(
+        "privacy.baseline_accuracy",
+        None,
+        "fraction",
+        "Test accuracy of the same model trained without DP (--dp-baseline)",
+    ),
+    _spec("privacy.max_grad_norm", None, "norm", "Per-sample gradient clipping norm C"),
+    _spec(
+        "privacy.sample_rate",
+        None,
+        "probability",
+        "Poisson sampling rate q (expected batch over training rows)",
+    ),
+    _spec("privacy.steps", None, "steps", "DP-SGD steps taken (what epsilon is accounted over)"),
+    _spec("privacy.accountant", None, "code", "Accountant: 0 = RDP, 1 = PRV"),
+    _spec(
+        "privacy.clip_rate_last_epoch",
+        None,
+        "fraction",
+        "Share of per-sample gradients clipped in the last epoch",
+    ),
+    _spec(
+        "privacy.*.group.*.mia_auc",
+        False,
+        "fraction",
+        "Membership-inference AUC (loss threshold) within one sensitive group",
+        former_names=("privacy.mia_auc.*.*",),
+    ),
+)
+
+
 @hookimpl
 def audit_metric_specs() -> list[MetricSpec]:
-    return [
-        MetricSpec(
-            "privacy.epsilon", False, "epsilon", "DP-SGD privacy loss over the steps taken (accountant)", TAGS
-        ),
-        MetricSpec(
-            "privacy.epsilon_total",
-            False,
-            "epsilon",
-            "DP-SGD plus privatised data uses, basic composition",
-            TAGS,
-        ),
-        MetricSpec("privacy.delta", False, "probability", "DP failure probability", TAGS),
-        MetricSpec(
-            "privacy.noise_multiplier", None, "sigma", "Gaussian noise std over the clipping norm", TAGS
-        ),
-        MetricSpec(
-            "privacy.mia_auc",
-            False,
-            "fraction",
-            "AUC of the strongest membership-inference attack (0.5 = chance)",
-            TAGS,
-        ),
-        MetricSpec("privacy.mia_tpr_at_fpr_0.01", False, "fraction", "Attack TPR at 1% FPR", TAGS),
-        MetricSpec("privacy.mia_tpr_at_fpr_0.001", False, "fraction", "Attack TPR at 0.1% FPR", TAGS),
-        MetricSpec(
-            "privacy.empirical_epsilon_lower_bound",
-            False,
-            "epsilon",
-            "Epsilon the attacks prove, at 95% confidence",
-            TAGS,
-        ),
-        MetricSpec("privacy.accuracy_cost", False, "fraction", "Test accuracy lost to DP-SGD", TAGS),
-        MetricSpec(
-            "privacy.baseline_accuracy",
-            None,
-            "fraction",
-            "Test accuracy of the same model trained without DP (--dp-baseline)",
-            TAGS,
-        ),
-        MetricSpec("privacy.max_grad_norm", None, "norm", "Per-sample gradient clipping norm C", TAGS),
-        MetricSpec(
-            "privacy.sample_rate",
-            None,
-            "probability",
-            "Poisson sampling rate q (expected batch over training rows)",
-            TAGS,
-        ),
-        MetricSpec(
-            "privacy.steps", None, "steps", "DP-SGD steps taken (what epsilon is accounted over)", TAGS
-        ),
-        MetricSpec("privacy.accountant", None, "code", "Accountant: 0 = RDP, 1 = PRV", TAGS),
-        MetricSpec(
-            "privacy.clip_rate_last_epoch",
-            None,
-            "fraction",
-            "Share of per-sample gradients clipped in the last epoch",
-            TAGS,
-        ),
-        MetricSpec(
-            "privacy.mia_auc.*.*",
-            False,
-            "fraction",
-            "Membership-inference AUC within one sensitive group",
-            TAGS,
-        ),
-    ]
+    """Every metric the privacy section can hold."""
+    return list(METRIC_SPECS)

@@ -54,6 +54,7 @@ class FeatureView(nn.Module):
         return self.fixed.index_copy(1, self.index, values)
 
     def forward(self, view: torch.Tensor) -> torch.Tensor:
+        """The model's logits for a view of the rows in ``self.fixed``."""
         return self.model(self.to_input(view))
 
 
@@ -149,6 +150,27 @@ def random_start_delta(attack: str, inputs: torch.Tensor, eps: float, *, seed: i
     return torch.empty_like(inputs).uniform_(-eps, eps)
 
 
+@dataclass
+class _Standing:
+    """The rows of one retiring PGD run still in the batch, compacted as they fall."""
+
+    active: torch.Tensor  # positions in ``rows`` of the rows still in the batch
+    images: torch.Tensor
+    labels: torch.Tensor
+    adv: torch.Tensor
+    fallen: torch.Tensor  # fooled, still in the batch until the next compaction
+
+    def keep(self, keep: torch.Tensor) -> None:
+        """Drop the rows ``keep`` leaves out from every tensor of the batch."""
+        self.active, self.images, self.labels, self.adv, self.fallen = (
+            self.active[keep],
+            self.images[keep],
+            self.labels[keep],
+            self.adv[keep],
+            self.fallen[keep],
+        )
+
+
 def retiring_pgd(
     attack: str,
     target: AttackTarget,
@@ -163,65 +185,77 @@ def retiring_pgd(
 ) -> torch.Tensor:
     """torchattacks' PGD / PGD-L2 on ``rows`` (all correct when clean), retiring each row once it is misclassified.
 
-    Same update as ``torchattacks.PGD.forward`` / ``PGDL2.forward``: cross-entropy, a step of ``alpha * eps``
-    along the gradient's sign (L2: its normalised direction), projection onto the ball, clamp to [0, 1].
-    A row's step depends only on its own point, so dropping fooled rows from the batch changes no other
-    row's path; a fooled row keeps the adversarial point it found (a fresh attack could wander back to
-    a correct point by its last step, so this never reports more robustness than the fresh attack).
-    ``start`` is the random start of these rows (see ``random_start_delta``); without one, ``clean_grad``
-    is the gradient at the clean rows, shared by every epsilon's first step. Returns the fooled mask over ``rows``.
+    Same update as ``torchattacks.PGD.forward`` / ``PGDL2.forward`` (see ``pgd_update``). A row's step depends
+    only on its own point, so dropping fooled rows from the batch changes no other row's path; a fooled row keeps
+    the adversarial point it found (a fresh attack could wander back to a correct point by its last step, so this
+    never reports more robustness than the fresh attack). ``start`` is the random start of these rows (see
+    ``random_start_delta``); without one, ``clean_grad`` is the gradient at the clean rows, shared by every
+    epsilon's first step. Returns the fooled mask over ``rows``.
     """
-    shape = (-1,) + (1,) * (target.inputs.dim() - 1)
-    images, labels = target.inputs[rows].detach(), y[rows]
+    images = target.inputs[rows].detach()
     fooled = torch.zeros(len(rows), dtype=torch.bool, device=y.device)
-    active = torch.arange(
-        len(rows), device=y.device
-    )  # positions in ``rows`` still standing; the tensors are compacted
     if start is not None:
         adv, grad = torch.clamp(images + start, 0, 1), None
     else:
         adv, grad = images.clone(), clean_grad[rows]
+    batch = _Standing(
+        torch.arange(len(rows), device=y.device), images, y[rows], adv, torch.zeros_like(fooled)
+    )
     target.point_at(rows)
-    fallen = torch.zeros(
-        len(rows), dtype=torch.bool, device=y.device
-    )  # fooled, still in the batch until the next compaction
     for step in range(steps + 1):
         if grad is None:
-            point = adv.requires_grad_(step < steps)
-            with torch.set_grad_enabled(step < steps):
-                logits = target.module(point)
-            wrong = logits.argmax(1) != labels
-            fooled[active[wrong]] = True
-            fallen |= wrong
-            if step == steps or bool(fallen.all()):
+            grad = _judge(target, rows, batch, fooled, with_grad=step < steps)
+            if grad is None:
                 break
-            # Dropping fallen rows gathers every batch tensor; on a small model that costs more than stepping a
-            # few rows further, so they go once they are a fair share of the batch.
-            if int(fallen.sum()) * COMPACT_SHARE >= len(fallen):
-                keep = ~fallen
-                grad = torch.autograd.grad(nn.functional.cross_entropy(logits[keep], labels[keep]), point)[0][
-                    keep
-                ]
-                active, images, labels, adv, fallen = (
-                    active[keep],
-                    images[keep],
-                    labels[keep],
-                    adv[keep],
-                    fallen[keep],
-                )
-                target.point_at(rows[active])
-            else:
-                grad = torch.autograd.grad(nn.functional.cross_entropy(logits, labels), point)[0]
-        adv = adv.detach()
-        if attack == "pgd-l2":
-            grad = grad / (grad.flatten(1).norm(dim=1) + 1e-10).view(shape)  # torchattacks' eps_for_division
-            delta = adv + alpha * eps * grad - images
-            delta = delta * torch.clamp(eps / delta.flatten(1).norm(dim=1), max=1.0).view(shape)
-        else:
-            delta = torch.clamp(adv + alpha * eps * grad.sign() - images, -eps, eps)
-        adv, grad = torch.clamp(images + delta, 0, 1), None
+        batch.adv = pgd_update(attack, batch.images, batch.adv, grad, eps, alpha)
+        grad = None
     target.point_at(torch.arange(len(y), device=y.device))
     return fooled
+
+
+def _judge(
+    target: AttackTarget, rows: torch.Tensor, batch: _Standing, fooled: torch.Tensor, *, with_grad: bool
+) -> torch.Tensor | None:
+    """Mark the batch's misclassified rows fooled; the loss gradient for the next step, None when the attack ends.
+
+    It ends after the last step (``with_grad`` false) or once every row has fallen.
+    """
+    point = batch.adv.requires_grad_(with_grad)
+    with torch.set_grad_enabled(with_grad):
+        logits = target.module(point)
+    wrong = logits.argmax(1) != batch.labels
+    fooled[batch.active[wrong]] = True
+    batch.fallen |= wrong
+    if not with_grad or bool(batch.fallen.all()):
+        return None
+    # Dropping fallen rows gathers every batch tensor; on a small model that costs more than stepping a few rows
+    # further, so they go once they are a fair share of the batch.
+    if int(batch.fallen.sum()) * COMPACT_SHARE < len(batch.fallen):
+        return torch.autograd.grad(nn.functional.cross_entropy(logits, batch.labels), point)[0]
+    keep = ~batch.fallen
+    grad = torch.autograd.grad(nn.functional.cross_entropy(logits[keep], batch.labels[keep]), point)[0][keep]
+    batch.keep(keep)
+    target.point_at(rows[batch.active])
+    return grad
+
+
+def pgd_update(
+    attack: str, images: torch.Tensor, adv: torch.Tensor, grad: torch.Tensor, eps: float, alpha: float
+) -> torch.Tensor:
+    """One step of torchattacks' PGD / PGD-L2 from ``adv``, kept in the epsilon ball around ``images``.
+
+    ``alpha * eps`` along the gradient's sign (L2: its normalised direction), projection onto the ball, clamp to
+    [0, 1], as ``torchattacks.PGD.forward`` / ``PGDL2.forward`` do.
+    """
+    shape = (-1,) + (1,) * (images.dim() - 1)
+    adv = adv.detach()
+    if attack == "pgd-l2":
+        grad = grad / (grad.flatten(1).norm(dim=1) + 1e-10).view(shape)  # torchattacks' eps_for_division
+        delta = adv + alpha * eps * grad - images
+        delta = delta * torch.clamp(eps / delta.flatten(1).norm(dim=1), max=1.0).view(shape)
+    else:
+        delta = torch.clamp(adv + alpha * eps * grad.sign() - images, -eps, eps)
+    return torch.clamp(images + delta, 0, 1)
 
 
 def sweep(

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from audit.cli import main
 
@@ -60,8 +62,7 @@ def undeclared_metrics(metrics: dict) -> list[str]:
     """Metric names of a report that no metric spec (core, gate, compliance or plugin) declares."""
     import fnmatch
 
-    from audit.compliance import collect_metric_specs
-    from audit.plugins import get_plugin_manager
+    from audit.plugins import collect_metric_specs, get_plugin_manager
     from audit.report import interval_base
 
     patterns = [s.name for s in collect_metric_specs(get_plugin_manager())]
@@ -70,3 +71,68 @@ def undeclared_metrics(metrics: dict) -> list[str]:
         for name in metrics
         if interval_base(name) is None and not any(fnmatch.fnmatchcase(name, p) for p in patterns)
     ]
+
+
+def assert_bad_input(result: CliResult, *not_written: Path, says: str = "") -> None:
+    """The bad-input contract: exit 2, exactly one line on stderr naming the problem, no traceback, nothing written."""
+    assert result.code == 2, (result.code, result.err)
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1, result.err
+    assert "Traceback" not in result.err and lines[0].startswith("audit: error: "), result.err
+    assert says in lines[0], (says, lines[0])
+    for path in not_written:
+        assert not Path(path).exists(), f"{path} was written"
+
+
+def small_setup(config, data):
+    """The default TrainingSetup for a tiny model (MLP 16 or CNN 8,8) on ``data``, schedule attached."""
+    from audit.models import model_spec
+    from audit.training import attach_scheduler, build_setup, seed_everything
+
+    generator = seed_everything(config.seed)
+    spec = model_spec(
+        name="auto",
+        input_shape=data.input_shape,
+        num_classes=data.num_classes,
+        hidden=[16],
+        channels=[8, 8],
+        dropout=0.0,
+    )
+    setup = build_setup(config, data, torch.device("cpu"), generator, spec)
+    attach_scheduler(setup)
+    return setup
+
+
+@pytest.fixture(scope="module")
+def loans_data(tmp_path_factory):
+    """A 2,000-row loans table loaded as a Dataset (sensitive: sex)."""
+    from audit.config import RunConfig
+    from audit.data import load_dataset
+
+    path = tmp_path_factory.mktemp("d") / "loans.csv"
+    make_loans(2000).to_csv(path, index=False)
+    return load_dataset(RunConfig(data=str(path), target="defaulted", sensitive=["sex"]))
+
+
+def install_plugin(folder: Path, name: str, source: str) -> dict[str, str]:
+    """Install ``source`` as a third-party plugin ``name`` (a module and an entry point) in ``folder``.
+
+    Returns the environment under which a subprocess finds it, exactly as pip-installed plugins are found.
+    """
+    import os
+
+    (folder / f"{name}_plugin.py").write_text(source)
+    dist = folder / f"{name}_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[audit.plugins]\n{name} = {name}_plugin\n")
+    return {**os.environ, "PYTHONPATH": f"{folder}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+
+def run_audit(*args: object, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``python -m audit.cli ARGS`` in a subprocess (a plugin or environment of its own), output captured."""
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "audit.cli", *map(str, args)], capture_output=True, text=True, env=env
+    )

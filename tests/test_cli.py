@@ -206,7 +206,7 @@ def test_plugins_lists_the_builtins(cli):
         (["train", "--config", "{badyaml}"], "unknown"),
         (
             ["train", "--config", "{wrongtype}"],
-            "argument --epochs: invalid int value: 'ten' (from config file",
+            "key 'epochs' (--epochs): expected an integer, got 'ten' (from config file",
         ),
         (["train", "--eps", "0.1", "--pgd-steps", "3"], "--eps, --pgd-steps only apply with --robustness"),
         (
@@ -234,7 +234,7 @@ def test_plugins_lists_the_builtins(cli):
             "--warmup-epochs must be in [0, --epochs)",
         ),
         (["train", "--drop-sensitive"], "--drop-sensitive only applies with --sensitive"),
-        (["train", "--weight-decay", "-1"], "--weight-decay must be 0 or more"),
+        (["train", "--weight-decay", "-1"], "--weight-decay must be a finite number >= 0"),
         (["train", "--hidden", "64,0"], "--hidden sizes must be at least 1, got 64,0"),
         (["train", "--data", "digits", "--positive-label", "3"], "--positive-label applies to tabular data"),
         (["evaluate", "--model", "{csvmodel}"], "not on built-in data; pass --data FILE"),

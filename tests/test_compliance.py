@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from audit.compliance import CLAUSES, compliance_section, evidence_from_specs, spec_for
-from audit.report import MetricSpec, Table
+from audit.report import MetricSpec
 from tests.conftest import read_report, undeclared_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,15 +22,13 @@ SPECS = [
 
 
 def _rules(*rows):
-    return Table(
-        "Rules",
-        ["rule", "metric", "value", "threshold", "severity", "verdict", "detail", "rationale"],
-        list(rows),
-    )
+    """Gate results as the gate section's payload holds them."""
+    keys = ["rule", "metric", "value", "threshold", "severity", "verdict", "detail", "rationale"]
+    return [dict(zip(keys, row, strict=True)) for row in rows]
 
 
-def _rows(section, title):
-    return next(t for t in section.tables if t.title == title).rows
+def _verdicts(section):
+    return {c["id"]: c["verdict"] for c in section.data["clauses"]}
 
 
 def test_exact_spec_wins_and_the_longest_glob_next():
@@ -67,24 +65,24 @@ def test_clause_verdicts_follow_the_gate_and_missing_clauses_are_named():
             ],
         ),
     )
-    status = {row[0]: row[5] for row in _rows(section, "Clauses")}
+    status = _verdicts(section)
     assert status["EU AI Act Art. 15"] == "PASS"
     assert status["NIST AI RMF MEASURE 2.11"] == "FAIL"  # a verdict on the interval bound maps to its metric
     assert status["NIST AI RMF MEASURE 2.10"] == "NO EVIDENCE"
-    counts = {row[0]: row[2] for row in _rows(section, "Clauses")}
+    counts = {c["id"]: c["metrics"] for c in section.data["clauses"]}
     assert counts["NIST AI RMF MEASURE 2.11"] == 2
     # the headline table lists metrics with a direction, not per-group detail
-    listed = {(row[0], row[1]) for row in _rows(section, "Evidence")}
+    listed = {(e["clause"], e["metric"]) for e in section.data["headline_evidence"]}
     assert ("NIST AI RMF MEASURE 2.11", "fairness.sex.demographic_parity_difference") in listed
     assert not any("group" in name for _, name in listed)
     assert section.metrics["compliance.clauses_without_evidence"] == len(CLAUSES) - 2
     assert "MEASURE 2.10" in section.warnings[0] and "Art. 15" not in section.warnings[0]
     ungated = compliance_section(metrics, evidence, None)
-    assert {row[0]: row[5] for row in _rows(ungated, "Clauses")}["EU AI Act Art. 15"] == "not gated"
+    assert _verdicts(ungated)["EU AI Act Art. 15"] == "not gated"
     warned = compliance_section(
         metrics, evidence, _rules(["acc", "performance.accuracy", 0.8, ">= 0.9", "warn", "WARN", "", ""])
     )
-    assert {row[0]: row[5] for row in _rows(warned, "Clauses")}["EU AI Act Art. 15"] == "WARN"
+    assert _verdicts(warned)["EU AI Act Art. 15"] == "WARN"
 
 
 @pytest.fixture(scope="module")
@@ -98,16 +96,16 @@ def run_dir(tmp_path_factory):
 
 def _clauses(report):
     section = next(s for s in report["sections"] if s["name"] == "compliance")
-    return {row[0]: row for row in section["tables"][0]["rows"]}, section
+    return {c["id"]: c for c in section["data"]["clauses"]}, section
 
 
 def test_a_run_records_evidence_per_clause_and_says_what_has_none(run_dir):
     report = read_report(run_dir)
     clauses, section = _clauses(report)
-    assert clauses["NIST AI RMF MEASURE 2.11"][3] == "fairness"
-    assert clauses["NIST AI RMF MEASURE 2.10"][3] == "privacy"  # the MIA audit runs on every run
-    assert clauses["NIST AI RMF MEASURE 2.12"][3] == "efficiency"
-    assert clauses["NIST AI RMF MEASURE 2.7"][5] == "NO EVIDENCE"  # no --robustness in this run
+    assert clauses["NIST AI RMF MEASURE 2.11"]["producers"] == ["fairness"]
+    assert clauses["NIST AI RMF MEASURE 2.10"]["producers"] == ["privacy"]  # the MIA audit runs on every run
+    assert clauses["NIST AI RMF MEASURE 2.12"]["producers"] == ["efficiency"]
+    assert clauses["NIST AI RMF MEASURE 2.7"]["verdict"] == "NO EVIDENCE"  # no --robustness in this run
     assert report["metrics"]["compliance.clauses_without_evidence"] == 1
     html = (run_dir / "report.html").read_text()
     markdown = (run_dir / "report.md").read_text()
@@ -123,13 +121,14 @@ def test_audit_gate_refreshes_the_verdicts_per_clause(cli, tmp_path, run_dir):
     policy.write_text("rules:\n  - {id: acc, metric: performance.accuracy, op: '>=', value: 0.99}\n")
     assert cli("gate", report_path, "--policy", policy, "--write-report").code == 1
     clauses, section = _clauses(json.loads(report_path.read_text()))
-    assert clauses["EU AI Act Art. 15"][5] == "FAIL" and clauses["NIST AI RMF MEASURE 2.11"][5] == "not gated"
-    assert [
-        "EU AI Act Art. 15",
-        "performance.accuracy",
-        pytest.approx(read_report(run_dir)["metrics"]["performance.accuracy"]),
-        "FAIL (acc)",
-    ] in section["tables"][1]["rows"]
+    assert clauses["EU AI Act Art. 15"]["verdict"] == "FAIL"
+    assert clauses["NIST AI RMF MEASURE 2.11"]["verdict"] == "not gated"
+    assert {
+        "clause": "EU AI Act Art. 15",
+        "metric": "performance.accuracy",
+        "value": pytest.approx(read_report(run_dir)["metrics"]["performance.accuracy"]),
+        "verdict": "FAIL (acc)",
+    } in section["data"]["headline_evidence"]
     policy.write_text(
         "rules:\n  - {id: acc, metric: performance.accuracy, op: '>=', value: 0.5}\n"
         "  - {id: evidence, metric: compliance.clauses_without_evidence, op: '<=', value: 0}\n"
@@ -138,11 +137,11 @@ def test_audit_gate_refreshes_the_verdicts_per_clause(cli, tmp_path, run_dir):
         cli("gate", report_path, "--policy", policy, "--write-report").code == 1
     )  # MEASURE 2.7 has no evidence
     clauses, _ = _clauses(json.loads(report_path.read_text()))
-    assert clauses["EU AI Act Art. 15"][5] == "PASS"
+    assert clauses["EU AI Act Art. 15"]["verdict"] == "PASS"
     assert cli("verify", report_path).code == 0
     card = (tmp_path / "model_card.md").read_text()
     assert (
-        f"| EU AI Act Art. 15 | {clauses['EU AI Act Art. 15'][2]} | PASS |" in card
+        f"| EU AI Act Art. 15 | {clauses['EU AI Act Art. 15']['metrics']} | PASS |" in card
         and "Release gate: **FAIL**" in card
     )
 
@@ -152,7 +151,8 @@ def test_model_card_fills_what_was_measured_and_leaves_judgement_to_a_person(cli
     card = (run_dir / "model_card.md").read_text()
     m = report["metrics"]
     assert (
-        f"| `performance.accuracy` | {m['performance.accuracy']:.4g} (95% interval {m['performance.accuracy.ci_low']:.4g} "
+        f"| `performance.accuracy` | {m['performance.accuracy']:.4g} "
+        f"(95% interval {m['performance.accuracy.ci_low']:.4g} "
         f"to {m['performance.accuracy.ci_high']:.4g}) |"
     ) in card
     assert report["run"]["model_sha256"] in card and report["run"]["data"]["sha256"] in card

@@ -1,4 +1,4 @@
-"""One-pass per-sample clipping agrees with Opacus' GradSampleModule + DPOptimizer, and refuses models it cannot handle."""
+"""One-pass per-sample clipping agrees with Opacus' GradSampleModule + DPOptimizer; other models are refused."""
 
 import pytest
 import torch
@@ -22,11 +22,8 @@ def _mlp(bias: bool = True) -> nn.Module:
 @pytest.mark.parametrize("max_grad_norm", [0.05, 1.0, 100.0])
 def test_clipped_sum_equals_opacus(bias, max_grad_norm):
     gen = torch.Generator().manual_seed(0)
-    x, y, w = (
-        torch.randn(64, 10, generator=gen) * 3,
-        torch.randint(0, 3, (64,), generator=gen),
-        torch.rand(64, generator=gen),
-    )
+    x = torch.randn(64, 10, generator=gen) * 3
+    y, w = torch.randint(0, 3, (64,), generator=gen), torch.rand(64, generator=gen)
     reference = _mlp(bias)
     opacus_model = GradSampleModule(reference, loss_reduction="mean")
     optimizer = DPOptimizer(
@@ -46,17 +43,16 @@ def test_clipped_sum_equals_opacus(bias, max_grad_norm):
     per_sample = torch.stack([g.reshape(64, -1).norm(dim=1) for g in optimizer.grad_samples], 1).norm(dim=1)
     torch.testing.assert_close(clipper.last_norms, per_sample, rtol=1e-4, atol=1e-6)
     clipped = int((per_sample > max_grad_norm).sum())
-    assert clipped == {0.05: 64, 1.0: clipped, 100.0: 0}[max_grad_norm] and (
-        max_grad_norm != 1.0 or 0 < clipped < 64
-    )
+    # every sample clipped at 0.05, none at 100, some at 1.0
+    assert clipped == {0.05: 64, 1.0: clipped, 100.0: 0}[max_grad_norm]
+    assert max_grad_norm != 1.0 or 0 < clipped < 64
 
 
 def test_an_empty_poisson_batch_gives_zero_gradients():
     model = _mlp()
     clipper = BookKeepingClipper(model, max_grad_norm=1.0)
-    loss = nn.functional.cross_entropy(
-        model(torch.zeros(0, 10)), torch.zeros(0, dtype=torch.long), reduction="sum"
-    )
+    empty = torch.zeros(0, 10)
+    loss = nn.functional.cross_entropy(model(empty), torch.zeros(0, dtype=torch.long), reduction="sum")
     clipper.backward(loss, 0)
     assert all(p.grad is not None and not p.grad.any() for p in model.parameters())
 
@@ -76,9 +72,8 @@ def test_supports_only_linear_models_called_once_on_flat_inputs():
             return self.layer(self.layer(x))
 
     assert not supports(Shared(), torch.zeros(2, 4))
-    assert not supports(
-        nn.Linear(4, 2), torch.zeros(2, 3, 4)
-    )  # a sequence: per-sample norms need the full ghost trick
+    # A sequence: per-sample norms need the full ghost trick.
+    assert not supports(nn.Linear(4, 2), torch.zeros(2, 3, 4))
     frozen = _mlp()
     frozen[0].requires_grad_(False)
     assert supports(frozen, torch.zeros(2, 10))
@@ -106,14 +101,12 @@ def test_noise_optimizer_matches_opacus_noise_and_averaging():
             p.grad = torch.full_like(p, 5.0)  # a clipped sum, as the clipper leaves it
         before = [p.detach().clone() for p in model.parameters()]
         optimizer.step()
-        return torch.cat(
-            [(b - p.detach()).flatten() for b, p in zip(before, model.parameters())]
-        )  # lr 1: the update is the grad
+        # lr 1: the update is the gradient
+        return torch.cat([(b - p.detach()).flatten() for b, p in zip(before, model.parameters())])
 
     ours, theirs = stepped(make_noise_optimizer, 0.0), stepped(DPOptimizerFastGradientClipping, 0.0)
     torch.testing.assert_close(ours, theirs)
     torch.testing.assert_close(ours, torch.full_like(ours, 5.0 / 50))
     noisy = stepped(make_noise_optimizer, 4.0) - 5.0 / 50
-    assert (
-        abs(float(noisy.mean())) < 0.01 and abs(float(noisy.std()) - 4.0 * 2.0 / 50) < 0.01
-    )  # std sigma * C / B
+    # noise std: sigma * C / B
+    assert abs(float(noisy.mean())) < 0.01 and abs(float(noisy.std()) - 4.0 * 2.0 / 50) < 0.01

@@ -2,19 +2,19 @@
 
 import pytest
 
-import audit.training
+import audit.evaluation
 from tests.conftest import read_report
 
 
 def test_baseline_is_trained_once_and_shared_by_the_plugins(cli, tmp_path, loans_csv, monkeypatch):
     calls = []
-    real = audit.training.train_variant
+    real = audit.evaluation.train_variant
 
     def counting(*args, **kwargs):
         calls.append(kwargs.get("progress"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(audit.training, "train_variant", counting)
+    monkeypatch.setattr(audit.evaluation, "train_variant", counting)  # a spy: the real training runs
     out = tmp_path / "run"
     assert (
         cli(

@@ -1,60 +1,26 @@
-import numpy as np
-import pandas as pd
-import pytest
-from fairlearn.metrics import (
-    MetricFrame,
-    demographic_parity_difference,
-    demographic_parity_ratio,
-    equal_opportunity_difference,
-    equalized_odds_difference,
-    equalized_odds_ratio,
-    false_negative_rate,
-    false_positive_rate,
-    selection_rate,
-    true_positive_rate,
-)
-from sklearn.metrics import accuracy_score, precision_score
+"""The fairness plugin: its options, reweighing, the baseline comparison, post-processing and the report it writes."""
 
-from audit_plugins.fairness_metrics import audit_groups, reweighing_weights
+import json
+
+import numpy as np
+import pytest
+
+from audit.checkpoint import load_checkpoint
+from audit.report import spec_for
+from audit_plugins.fairness import FairnessState, audit_metric_specs
+from audit_plugins.fairness_sections import summary_metric
 from tests.conftest import make_loans, read_report, undeclared_metrics
 
 
-def _compare(y, p, g):
-    audit = audit_groups(y, p, g, n_boot=0)
-    frame = MetricFrame(
-        metrics={
-            "selection_rate": selection_rate,
-            "tpr": true_positive_rate,
-            "fpr": false_positive_rate,
-            "fnr": false_negative_rate,
-            "accuracy": accuracy_score,
-            "precision": lambda a, b: precision_score(a, b, zero_division=0),
-        },
-        y_true=y,
-        y_pred=p,
-        sensitive_features=g,
-    )
-    for name in ("selection_rate", "tpr", "fpr", "fnr", "accuracy", "precision"):
-        np.testing.assert_allclose(audit.rates[name], frame.by_group[name].to_numpy(dtype=float), atol=1e-9)
-    expected = {
-        "demographic_parity_difference": demographic_parity_difference(y, p, sensitive_features=g),
-        "demographic_parity_ratio": demographic_parity_ratio(y, p, sensitive_features=g),
-        "equalized_odds_difference": equalized_odds_difference(y, p, sensitive_features=g),
-        "equalized_odds_ratio": equalized_odds_ratio(y, p, sensitive_features=g),
-        "equal_opportunity_difference": equal_opportunity_difference(y, p, sensitive_features=g),
-    }
-    for name, value in expected.items():
-        assert audit.summaries[name] == pytest.approx(value, abs=1e-9), name
+def _fairness(report: dict) -> dict:
+    return next(s for s in report["sections"] if s["name"] == "fairness")
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_equals_fairlearn_on_random_data(seed):
-    rng = np.random.default_rng(seed)
-    n = 4000
-    g = rng.choice(["a", "b", "c", "d", "e"], n, p=[0.4, 0.3, 0.2, 0.07, 0.03])
-    y = rng.integers(0, 2, n)
-    p = (rng.random(n) < np.where(g == "a", 0.6, 0.3)).astype(int)
-    _compare(y, p, g)
+@pytest.fixture
+def loans_800(tmp_path):
+    path = tmp_path / "loans800.csv"
+    make_loans(800, seed=11).to_csv(path, index=False)
+    return path
 
 
 def test_equals_fairlearn_on_adult(tmp_path, cli):
@@ -80,31 +46,6 @@ def test_equals_fairlearn_on_adult(tmp_path, cli):
         assert (
             m[f"fairness.sex.{name}.ci_low"] <= m[f"fairness.sex.{name}"] <= m[f"fairness.sex.{name}.ci_high"]
         )
-
-
-def test_bootstrap_interval_covers_and_shrinks_with_n():
-    rng = np.random.default_rng(0)
-    widths = []
-    for n in (1000, 16000):
-        g = rng.choice(["a", "b"], n)
-        y = rng.integers(0, 2, n)
-        p = (rng.random(n) < np.where(g == "a", 0.5, 0.4)).astype(int)
-        audit = audit_groups(y, p, g, n_boot=1000, seed=1)
-        lo, hi = audit.summary_ci["demographic_parity_difference"]
-        assert lo <= audit.summaries["demographic_parity_difference"] <= hi
-        widths.append(hi - lo)
-    assert widths[1] < widths[0] / 2
-
-
-def test_reweighing_makes_label_independent_of_group():
-    rng = np.random.default_rng(0)
-    g = rng.choice(["m", "f"], 5000, p=[0.7, 0.3])
-    y = (rng.random(5000) < np.where(g == "m", 0.3, 0.1)).astype(int)
-    w = reweighing_weights(y, g)
-    for group in ("m", "f"):
-        sel = g == group
-        assert np.average(y[sel], weights=w[sel]) == pytest.approx(y.mean(), abs=1e-9)
-    assert w.mean() == pytest.approx(1.0, abs=1e-9)
 
 
 def test_reweigh_on_adult_meets_the_bar(cli, tmp_path):
@@ -144,78 +85,6 @@ def test_threshold_optimizer_reduces_equalized_odds(cli, tmp_path):
         m["fairness.postprocessed.sex.equalized_odds_difference"]
         < m["fairness.sex.equalized_odds_difference"]
     )
-
-
-def test_decisions_audit_without_a_model(cli, tmp_path):
-    rng = np.random.default_rng(0)
-    n = 3000
-    frame = pd.DataFrame(
-        {"group": rng.choice(["x", "y"], n), "outcome": rng.choice(["approved", "denied"], n)}
-    )
-    frame["decision"] = np.where(
-        rng.random(n) < np.where(frame["group"] == "x", 0.6, 0.3), "approved", "denied"
-    )
-    frame["score"] = rng.random(n)
-    path = tmp_path / "decisions.csv"
-    frame.to_csv(path, index=False)
-    out = tmp_path / "dec"
-    result = cli(
-        "decisions",
-        "--data",
-        path,
-        "--y-true",
-        "outcome",
-        "--y-pred",
-        "decision",
-        "--score",
-        "score",
-        "--sensitive",
-        "group",
-        "--positive-label",
-        "approved",
-        "--out",
-        out,
-    )
-    assert result.code == 0, result.err
-    m = read_report(out)["metrics"]
-    y = (frame["outcome"] == "approved").astype(int).to_numpy()
-    p = (frame["decision"] == "approved").astype(int).to_numpy()
-    assert m["fairness.group.demographic_parity_difference"] == pytest.approx(
-        demographic_parity_difference(y, p, sensitive_features=frame["group"]), abs=1e-9
-    )
-    card = (out / "model_card.md").read_text()
-    assert "trained or loaded no model" in card and "Target: `outcome`" in card and "`?`" not in card
-    assert undeclared_metrics(m) == []
-    bad = cli(
-        "decisions",
-        "--data",
-        path,
-        "--y-true",
-        "nope",
-        "--y-pred",
-        "decision",
-        "--sensitive",
-        "group",
-        "--out",
-        tmp_path / "x",
-    )
-    assert bad.code == 2 and "no column 'nope'" in bad.err
-    bad = cli(
-        "decisions",
-        "--data",
-        path,
-        "--y-true",
-        "outcome",
-        "--y-pred",
-        "decision",
-        "--sensitive",
-        "group",
-        "--bootstrap",
-        "-1",
-        "--out",
-        tmp_path / "y",
-    )
-    assert bad.code == 2 and "--bootstrap must be 0 or more" in bad.err and not (tmp_path / "y").exists()
 
 
 def test_small_groups_are_warned_about(cli, tmp_path):
@@ -295,3 +164,130 @@ def test_multiclass_target_compares_accuracy_across_groups(cli, tmp_path):
         < m["fairness.sex.worst_group_accuracy.ci_high"]
     )
     assert undeclared_metrics(m) == []
+
+
+def test_fairness_data_round_trips_through_json_and_equals_the_metrics(cli, tmp_path, loans_800):
+    out = tmp_path / "run"
+    result = cli(
+        "train",
+        *("--data", loans_800, "--target", "defaulted", "--sensitive", "sex,purpose", "--epochs", "2"),
+        *("--fairness", "reweight", "--fairness-baseline", "--postprocess", "demographic_parity"),
+        *("--fairness-bootstrap", "50", "--out", out, "-q"),
+    )
+    assert result.code == 0, result.err
+    report = read_report(out)
+    m, section = report["metrics"], _fairness(report)
+    data = section["data"]
+    assert json.loads(json.dumps(data, allow_nan=False)) == data
+    assert list(data["features"]) == ["sex", "purpose", "sex&purpose"]
+    for feature, entry in data["features"].items():
+        assert entry["summaries"], feature
+        for name, value in entry["summaries"].items():
+            assert m[f"fairness.{summary_metric(feature, name)}"] == value
+            assert (
+                m[f"fairness.baseline.{summary_metric(feature, name)}"]
+                == data["baseline"]["summaries"][feature][name]
+            )
+        for name, (low, high) in entry["summary_ci"].items():
+            assert (
+                m[f"fairness.{summary_metric(feature, name)}.ci_low"],
+                m[f"fairness.{summary_metric(feature, name)}.ci_high"],
+            ) == (low, high)
+    mitigation = data["mitigation"]
+    assert mitigation["source"] == "training" and mitigation["method"] == "reweight"
+    for name in ("accuracy", "baseline_accuracy", "accuracy_cost"):
+        assert m[f"fairness.mitigation.{name}"] == mitigation[name]
+    assert mitigation["accuracy"] == m["performance.accuracy"]
+    post = data["postprocess"]
+    assert post["status"] == "fitted" and post["feature"] == "sex"
+    assert m["fairness.postprocessed.accuracy"] == post["accuracy"]
+    for name, value in post["summaries"].items():
+        assert m[f"fairness.postprocessed.sex.{name}"] == value
+    assert section["order"] == 40
+    assert any(
+        line.startswith("Trained with Kamiran-Calders reweighing: accuracy") for line in section["summary"]
+    )
+    assert section["headline"] == [
+        f"fairness.{feature}.{name}"
+        for feature in ("sex", "purpose", "sex&purpose")
+        for name in ("demographic_parity_difference", "worst_group_accuracy")
+    ]
+    assert undeclared_metrics(m) == []
+
+
+def test_a_reweighed_model_carries_its_mitigation_into_evaluate(cli, tmp_path, loans_800):
+    out = tmp_path / "run"
+    args = ("--target", "defaulted", "--sensitive", "sex", "--epochs", "1")
+    result = cli(
+        "train",
+        "--data",
+        loans_800,
+        *args,
+        "--fairness",
+        "reweight",
+        "--reweight-epsilon",
+        "2",
+        "--out",
+        out,
+        "-q",
+    )
+    assert result.code == 0, result.err
+    facts = load_checkpoint(str(out / "model.pt"))["metadata"]["fairness"]
+    assert set(facts) == {"mitigation", "weights_range", "count_epsilon"}
+    assert facts["mitigation"] == "reweight" and facts["count_epsilon"] == 2.0
+    assert facts["weights_range"][0] <= 1 <= facts["weights_range"][1]
+    assert FairnessState.from_metadata(facts).to_metadata() == facts
+    again = tmp_path / "eval"
+    result = cli(
+        "evaluate",
+        "--model",
+        out / "model.pt",
+        "--data",
+        loans_800,
+        "--target",
+        "defaulted",
+        "--out",
+        again,
+        "-q",
+    )
+    assert result.code == 0, result.err
+    section = _fairness(read_report(again))
+    assert "the model was trained with reweight (from its checkpoint)" in section["notes"]
+    assert section["data"]["mitigation"]["source"] == "checkpoint"
+    assert section["data"]["mitigation"]["weights_range"] == facts["weights_range"]
+    assert not [k for k in read_report(again)["metrics"] if k.startswith("fairness.mitigation.")]
+
+
+def test_state_and_checkpoint_facts():
+    state = FairnessState("reweight", (0.5, 2.0), None)
+    assert state.to_metadata() == {
+        "mitigation": "reweight",
+        "weights_range": [0.5, 2.0],
+        "count_epsilon": None,
+    }
+    assert FairnessState.from_metadata(state.to_metadata()) == state
+    assert FairnessState.from_metadata(None) is None and FairnessState.from_metadata({}) is None
+
+
+def test_parity_and_worst_group_accuracy_are_the_headline():
+    specs = audit_metric_specs()
+    headline = {
+        name: spec_for(name, specs).headline
+        for name in (
+            "fairness.sex.demographic_parity_difference",
+            "fairness.sex&race.worst_group_accuracy",
+            "fairness.sex.equalized_odds_difference",
+            "fairness.baseline.sex.demographic_parity_difference",
+            "fairness.postprocessed.sex.worst_group_accuracy",
+            "fairness.mitigation.accuracy_cost",
+        )
+    }
+    assert headline == {
+        "fairness.sex.demographic_parity_difference": True,
+        "fairness.sex&race.worst_group_accuracy": True,
+        "fairness.sex.equalized_odds_difference": False,
+        "fairness.baseline.sex.demographic_parity_difference": False,
+        "fairness.postprocessed.sex.worst_group_accuracy": False,
+        "fairness.mitigation.accuracy_cost": False,
+    }
+    assert spec_for("fairness.baseline.sex.demographic_parity_difference", specs).higher_is_better is False

@@ -5,6 +5,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from audit.report import content_digest
 from tests.conftest import read_report
 
 
@@ -57,6 +58,7 @@ def test_rule_kinds(cli, tmp_path, report_path, rule, expected):
 def test_regression_against_a_baseline(cli, tmp_path, report_path):
     worse = json.loads(report_path.read_text())
     worse["metrics"]["performance.accuracy"] -= 0.05
+    worse["content_sha256"] = content_digest(worse)  # a consistent report: the gate verifies before deciding
     baseline = tmp_path / "old.json"
     baseline.write_text(json.dumps(json.loads(report_path.read_text())))
     new = tmp_path / "new.json"
@@ -73,7 +75,8 @@ def test_regression_against_a_baseline(cli, tmp_path, report_path):
 def test_junit_and_summary(cli, tmp_path, report_path):
     policy = _policy(
         tmp_path,
-        "rules:\n  - performance.accuracy >= 0.5\n  - {id: strict, metric: performance.roc_auc, op: '>=', value: 0.999}\n",
+        "rules:\n  - performance.accuracy >= 0.5\n"
+        "  - {id: strict, metric: performance.roc_auc, op: '>=', value: 0.999}\n",
     )
     junit, summary = tmp_path / "gate.xml", tmp_path / "gate.md"
     assert cli("gate", report_path, "--policy", policy, "--junit", junit, "--summary", summary).code == 1
@@ -155,3 +158,19 @@ def test_globs_overlap_when_some_name_matches_both(a, b, overlap):
     from audit.gate import globs_overlap
 
     assert globs_overlap(a, b) is overlap and globs_overlap(b, a) is overlap
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("privacy.mia_auc.sex.Female", "privacy.sex.group.Female.mia_auc"),
+        ("robustness.sex.Male.robust_accuracy.ci_low", "robustness.sex.group.Male.robust_accuracy.ci_low"),
+        ("privacy.mia_auc.sex.Male.ci_high", "privacy.sex.group.Male.mia_auc.ci_high"),
+    ],
+)
+def test_a_renamed_metric_names_its_new_name(cli, tmp_path, report_path, old, new):
+    # metric names are public API: a policy written for 0.1 gets the 0.2 name, not "unknown" (CHANGELOG.md)
+    policy = _policy(tmp_path, f"rules:\n  - {{metric: '{old}', op: '>=', value: 0.5}}\n")
+    result = cli("gate", report_path, "--policy", policy)
+    assert result.code == 2 and result.err.count("\n") == 1
+    assert f"{old!r} was renamed to {new!r}" in result.err

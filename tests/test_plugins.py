@@ -2,24 +2,30 @@
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 
 from audit.plugins import get_plugin_manager
+from tests.conftest import install_plugin, run_audit
 
 PLUGIN = textwrap.dedent("""
     from audit import hookimpl
-    from audit.report import MetricSpec, Section
+    from audit.report import MetricSpec, Section, Table
 
     @hookimpl
     def audit_metric_specs():
-        return [MetricSpec("carbon.test_rows_seen", False, "rows", "Rows the estimate saw", ("ISO/IEC 42001 A.6.2.4",))]
+        return [
+            MetricSpec("carbon.test_rows_seen", False, "rows", "Rows the estimate saw", ("ISO/IEC 42001 A.6.2.4",),
+                       headline=True),
+            MetricSpec("carbon.grams", None, "g", "Estimated emissions"),
+        ]
 
     @hookimpl
     def audit_evaluate(ctx):
-        section = Section("carbon", "Carbon estimate")
-        section.add_metric("test_rows_seen", len(ctx.test_y))
+        section = Section("carbon", "Carbon estimate", order=35, data={"grams": 1.5, "rows": len(ctx.test_y)})
+        section.add_metric("test_rows_seen", section.data["rows"])
+        section.add_metric("grams", section.data["grams"])
+        section.tables.append(Table("Estimate", ["grams"], [[section.data["grams"]]]))
+        section.summary.append(f"About {section.data['grams']} g of CO2 for this run.")
         return section
 
     @hookimpl
@@ -29,36 +35,19 @@ PLUGIN = textwrap.dedent("""
 
 
 def _install_third_party(tmp_path):
-    (tmp_path / "carbon_plugin.py").write_text(PLUGIN)
-    dist = tmp_path / "carbon_plugin-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: carbon-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[audit.plugins]\ncarbon = carbon_plugin\n")
+    return install_plugin(tmp_path, "carbon", PLUGIN)
 
 
-def _run(tmp_path, extra_env):
+def _run(tmp_path, extra_env, quiet=True):
+    # the plugin's folder on the path, as _install_third_party left it
     env = {
         **os.environ,
         "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
         **extra_env,
     }
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "audit.cli",
-            "train",
-            "--data",
-            "digits",
-            "--epochs",
-            "1",
-            "--quiet",
-            "--out",
-            str(tmp_path / "run"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
+    quiet_flag = ["--quiet"] if quiet else []
+    return run_audit(
+        "train", "--data", "digits", "--epochs", "1", *quiet_flag, "--out", tmp_path / "run", env=env
     )
 
 
@@ -72,8 +61,28 @@ def test_third_party_plugin_section_appears(tmp_path):
     history = [t for s in report["sections"] for t in s["tables"] if t["title"] == "Training history"][0]
     assert "carbon_epoch_seen" in history["columns"]
     compliance = next(s for s in report["sections"] if s["name"] == "compliance")
-    clauses = {row[0]: row for row in compliance["tables"][0]["rows"]}
-    assert clauses["ISO/IEC 42001 A.6.2.4"][2] == 1  # a third-party tag becomes a clause with its evidence
+    clauses = {c["id"]: c for c in compliance["data"]["clauses"]}
+    assert (
+        clauses["ISO/IEC 42001 A.6.2.4"]["metrics"] == 1
+    )  # a third-party tag becomes a clause with its evidence
+
+
+def test_third_party_plugin_gets_its_order_headline_and_model_card_part(tmp_path):
+    # no core change: the order, the headline metrics and the card's part all come from what the plugin declares
+    _install_third_party(tmp_path)
+    result = _run(tmp_path, {}, quiet=False)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    names = [s["name"] for s in report["sections"]]
+    assert (
+        names.index("privacy") < names.index("carbon") < names.index("compliance")
+    )  # order 35: after privacy (30)
+    carbon = report["sections"][names.index("carbon")]
+    assert carbon["headline"] == ["carbon.test_rows_seen"] and carbon["data"] == {"grams": 1.5, "rows": 360}
+    assert "carbon.test_rows_seen" in result.stdout  # the terminal summary lists declared headlines
+    card = (tmp_path / "run" / "model_card.md").read_text()
+    part = card[card.index("## Carbon estimate") :]
+    assert "- About 1.5 g of CO2 for this run." in part and "| `carbon.test_rows_seen` | 360 |" in part
 
 
 def test_env_var_limits_what_loads(tmp_path, monkeypatch):
@@ -83,7 +92,12 @@ def test_env_var_limits_what_loads(tmp_path, monkeypatch):
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert not any(s["name"] == "carbon" for s in report["sections"])
     monkeypatch.setenv("AUDIT_PLUGINS", "privacy,robustness")
-    assert sorted(name for name, _ in get_plugin_manager().list_name_plugin()) == ["privacy", "robustness"]
+    # the core's default plugin is always registered, like a third-party one but not subject to the filter
+    assert sorted(name for name, _ in get_plugin_manager().list_name_plugin()) == [
+        "core",
+        "privacy",
+        "robustness",
+    ]
 
 
 def test_builtins_come_from_entry_points():

@@ -6,7 +6,7 @@ import torch
 
 from audit.config import RunConfig
 from audit.data import load_dataset
-from audit_plugins.robustness_attacks import FeatureView, attack_target, independent, sweep
+from audit_plugins.robustness_attacks import FeatureView, attack_target, independent, pgd_update, sweep
 
 EPS = [0.05, 0.1, 0.2, 0.3]
 
@@ -85,3 +85,18 @@ def test_tabular_view_moves_only_numeric_features_within_range():
     )
     target.select(rows)
     assert float((view.to_input(adv_small) - back).abs().max()) <= eps_std + 1e-4
+
+
+@pytest.mark.parametrize("attack", ["pgd", "pgd-l2"])
+def test_one_pgd_update_is_one_torchattacks_step(attack):
+    import torchattacks
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)).eval()
+    images, labels = torch.rand(16, 1, 3, 4), torch.randint(0, 3, (16,))
+    eps, alpha = 0.3, 0.25
+    kind = torchattacks.PGDL2 if attack == "pgd-l2" else torchattacks.PGD
+    expected = kind(model, eps=eps, alpha=alpha * eps, steps=1, random_start=False)(images, labels)
+    point = images.clone().requires_grad_(True)
+    grad = torch.autograd.grad(torch.nn.functional.cross_entropy(model(point), labels), point)[0]
+    assert torch.allclose(pgd_update(attack, images, images.clone(), grad, eps, alpha), expected, atol=1e-6)

@@ -1,4 +1,7 @@
-"""Renderings of report.json: HTML for reviewers, Markdown for pull requests, a model card. No computation here."""
+"""Renderings of report.json: HTML for reviewers, Markdown for pull requests, a model card.
+
+No computation here: every renderer reads a report dict (report.json) and nothing else.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from audit.render.html import render_html
-from audit.render.markdown import render_markdown
+from audit.render.markdown import md_escape, render_markdown
 from audit.render.model_card import render_model_card
 
 # format name -> (file name beside report.json, renderer)
@@ -31,4 +34,4 @@ def render_beside(
     return files
 
 
-__all__ = ["RENDERINGS", "render_beside", "render_html", "render_markdown", "render_model_card"]
+__all__ = ["RENDERINGS", "md_escape", "render_beside", "render_html", "render_markdown", "render_model_card"]

@@ -1,53 +1,103 @@
-"""Markdown rendering of a report dict, for a pull request or a compliance file."""
+"""Markdown rendering of a report dict, for a pull request or a compliance file.
+
+Every string a run did not write itself (a file, column or group name, a table cell, a plugin's title, note
+or warning) goes through ``md_escape``, so report.md and model_card.md show it and never run it.
+"""
 
 from __future__ import annotations
 
+import html
+import re
 from typing import Any
 
 from audit.render.html import LONG_TABLE_ROWS, format_value, metric_rows, provenance_rows
 
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+_BACKTICKS = re.compile(r"`+")
 
-def _table(columns: list[str], rows: list[list[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(str(c) for c in columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(format_value(v).replace("|", "\\|") for v in row) + " |" for row in rows]
+
+def md_escape(value: Any, *, code: bool = False, cell: bool = False) -> str:
+    """``value`` as inert Markdown: HTML-escaped text, or (``code``) a code span it cannot leave.
+
+    Rules: line breaks become spaces; ``&``, ``<`` and ``>`` become entities; with ``cell``, ``|`` becomes
+    ``\\|`` (a table cell, code spans included, as GFM reads them). A code span's text is shown verbatim (an
+    entity would show as typed), fenced by more backticks than any run of backticks inside it, so a backtick
+    in the value cannot close it; a value holding ``<`` is written as escaped text instead of a span, so no
+    ``<`` of a user's ever reaches the file raw.
+    """
+    text = _LINE_BREAK.sub(" ", str(value))
+    if code and "<" not in text:
+        out = _code_span(text)
+    elif code:  # shown literally: backslashes and backticks escaped, then entities
+        out = html.escape(text.replace("\\", "\\\\").replace("`", "\\`"), quote=False)
+    else:
+        out = html.escape(text, quote=False)
+    return out.replace("|", "\\|") if cell else out
+
+
+def _code_span(text: str) -> str:
+    """``text`` in a code span whose fence is longer than any run of backticks in it."""
+    fence = "`" * (max((len(run) for run in _BACKTICKS.findall(text)), default=0) + 1)
+    spaced = text.startswith(" ") and text.endswith(" ") and text.strip()
+    pad = " " if text.startswith("`") or text.endswith("`") or spaced else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def _table(columns: list[Any], rows: list[list[Any]]) -> list[str]:
+    """A Markdown table; every cell escaped, numbers formatted as in report.html."""
+    lines = ["| " + " | ".join(md_escape(c, cell=True) for c in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(md_escape(format_value(v), cell=True) for v in row) + " |" for row in rows]
+    return lines
+
+
+def _metrics_table(metrics: dict[str, Any]) -> list[str]:
+    """Every metric with its value; a metric's 95% interval in its own row."""
+    rows = [
+        [name, value, "" if low is None and high is None else f"{format_value(low)} to {format_value(high)}"]
+        for name, value, low, high in metric_rows(metrics)
+    ]
+    return _table(["metric", "value", "95% interval"], rows)
+
+
+def _section(section: dict[str, Any]) -> list[str]:
+    """A section: title, warnings, notes, then its tables (a long one folded in <details>)."""
+    lines = ["", f"## {md_escape(section['title'])}", ""]
+    lines += [f"> **Warning:** {md_escape(w)}" for w in section.get("warnings", [])]
+    lines += [f"- {md_escape(n)}" for n in section.get("notes", [])]
+    for t in section.get("tables", []):
+        title, rows = md_escape(t["title"]), t["rows"]
+        if len(rows) > LONG_TABLE_ROWS:  # GitHub renders <details> folded
+            lines += ["", f"<details><summary>{title} ({len(rows)} rows)</summary>", ""]
+            lines += _table(t["columns"], rows) + ["", "</details>"]
+        else:
+            lines += ["", f"### {title}", ""] + _table(t["columns"], rows)
     return lines
 
 
 def render_markdown(report: dict[str, Any]) -> str:
     """Return the report as Markdown: metrics, then each section's warnings, notes and tables."""
     run = report.get("run", {})
+    facts = ", ".join(
+        [
+            f"Data {md_escape(run.get('data', {}).get('name', '?'), code=True)}",
+            f"seed {md_escape(run.get('seed'))}",
+            f"device {md_escape(run.get('device'))}",
+            f"started {md_escape(run.get('started_at'))}.",
+        ]
+    )
     lines = [
         "# rai-audit report",
         "",
-        f"Data `{run.get('data', {}).get('name', '?')}`, seed {run.get('seed')}, device {run.get('device')}, "
-        f"started {run.get('started_at')}.",
+        facts,
         "",
-        f"Command: `{run.get('command_line', '')}`",
+        f"Command: {md_escape(run.get('command_line', ''), code=True)}",
         "",
         "## Metrics",
         "",
     ]
-    lines += _table(
-        ["metric", "value", "95% interval"],
-        [
-            [
-                name,
-                value,
-                "" if low is None and high is None else f"{format_value(low)} to {format_value(high)}",
-            ]
-            for name, value, low, high in metric_rows(report["metrics"])
-        ],
-    )
-    for s in report.get("sections", []):
-        lines += ["", f"## {s['title']}", ""]
-        lines += [f"> **Warning:** {w}" for w in s.get("warnings", [])]
-        lines += [f"- {n}" for n in s.get("notes", [])]
-        for t in s.get("tables", []):
-            if len(t["rows"]) > LONG_TABLE_ROWS:  # GitHub renders <details> folded
-                lines += ["", f"<details><summary>{t['title']} ({len(t['rows'])} rows)</summary>", ""]
-                lines += _table(t["columns"], t["rows"]) + ["", "</details>"]
-            else:
-                lines += ["", f"### {t['title']}", ""] + _table(t["columns"], t["rows"])
+    lines += _metrics_table(report["metrics"])
+    for section in report.get("sections", []):
+        lines += _section(section)
     lines += ["", "## Provenance", ""] + _table(["fact", "value"], [list(r) for r in provenance_rows(run)])
-    lines += ["", f"Report content SHA-256: `{report.get('content_sha256', '')}`", ""]
+    lines += ["", f"Report content SHA-256: {md_escape(report.get('content_sha256', ''), code=True)}", ""]
     return "\n".join(lines)
