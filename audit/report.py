@@ -256,4 +256,20 @@ def read_report(path: str) -> dict[str, Any]:
         ) from None
     if not isinstance(data, dict) or "metrics" not in data or not isinstance(data["metrics"], dict):
         raise AuditError(f"report {path} has no 'metrics' map; expected a report.json from 'audit train'")
+    _check_schema_version(data.get("schema_version", "1.0"), path)
     return data
+
+
+def _check_schema_version(version: Any, path: str) -> None:
+    """A report from a future major version may mean something else by the same names: refuse it in one line."""
+    try:
+        major = int(str(version).split(".")[0])
+    except ValueError:
+        raise AuditError(
+            f"report {path} has schema_version {version!r}; expected a version such as {SCHEMA_VERSION}"
+        ) from None
+    if major > int(SCHEMA_VERSION.split(".")[0]):
+        raise AuditError(
+            f"report {path} has schema_version {version}, from a newer rai-audit; this one reads {SCHEMA_VERSION} "
+            "and earlier (upgrade rai-audit)"
+        )

@@ -137,3 +137,24 @@ def test_output_paths_that_cannot_be_written_cost_no_training(cli, tmp_path, rep
     for args, says in cases:
         assert_bad_input(cli(*args, "-q") if args[0] == "train" else cli(*args), tmp_path / "r", says=says)
     assert a_file.read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    "version, says", [("2.0", "from a newer rai-audit"), ("banana", "expected a version")]
+)
+def test_a_report_of_a_future_major_version_is_refused_by_every_reader(cli, tmp_path, report, version, says):
+    import json
+
+    data = json.loads(report.read_text())
+    data["schema_version"] = version
+    future = tmp_path / "report.json"
+    future.write_text(json.dumps(data))
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("rules:\n  - performance.accuracy >= 0.5\n")
+    for args in (
+        ("metrics", future),
+        ("report", future),
+        ("gate", future, "--policy", policy),
+        ("verify", future),
+    ):
+        assert_bad_input(cli(*args), says=says)
