@@ -17,13 +17,12 @@ from audit.checkpoint import (
 )
 from audit.compliance import evidence_from_specs, refresh_compliance
 from audit.config import RunConfig
-from audit.data import Dataset, load_dataset
+from audit.data import load_dataset
 from audit.efficiency import efficiency_section
 from audit.engine import TrainingSetup, TrainResult, train
 from audit.errors import AuditError
 from audit.evaluation import EvalContext, build_context
 from audit.gate import check_rule_metrics, gate_report_in_place, load_policy
-from audit.models import model_spec
 from audit.outputs import check_writable, default_out_dir, write_outputs
 from audit.performance import performance_section
 from audit.plugins import collect_metric_specs
@@ -31,7 +30,7 @@ from audit.progress import progress_bar
 from audit.provenance import run_info, sha256_hex
 from audit.report import Report, Section
 from audit.signing import check_model_file, resolve_sign_key
-from audit.training import attach_scheduler, build_setup, resolve_device, seed_everything
+from audit.training import attach_scheduler, build_setup, model_spec_for, resolve_device, seed_everything
 
 
 @dataclass
@@ -98,15 +97,12 @@ def train_with_plugins(setup: TrainingSetup, pm: pluggy.PluginManager) -> tuple[
     return result, metadata
 
 
-def _spec(config: RunConfig, dataset: Dataset) -> dict[str, Any]:
-    return model_spec(
-        name=config.model,
-        input_shape=dataset.input_shape,
-        num_classes=dataset.num_classes,
-        hidden=config.hidden,
-        channels=config.channels,
-        dropout=config.dropout,
-    )
+def add_sections(report: Report, ctx: EvalContext, pm: pluggy.PluginManager, performance: Section) -> None:
+    """The core's sections (performance, efficiency) and every plugin's, in that order of computation."""
+    report.add_section(performance)
+    report.add_section(efficiency_section(ctx.model, ctx.dataset, ctx.device, ctx.config, ctx.training))
+    for section in collect_sections(pm, ctx):
+        report.add_section(section)
 
 
 def run_train(config: RunConfig, pm: pluggy.PluginManager) -> RunOutcome:
@@ -117,7 +113,7 @@ def run_train(config: RunConfig, pm: pluggy.PluginManager) -> RunOutcome:
     dataset = load_dataset(config)
     config.resolve(train_rows=len(dataset.train), plugin_defaults=plugin_defaults(config, pm))
     device = resolve_device(config.device)
-    setup = build_setup(config, dataset, device, generator, _spec(config, dataset))
+    setup = build_setup(config, dataset, device, generator, model_spec_for(config, dataset))
     result, metadata = train_with_plugins(setup, pm)
     model = setup.base_model.eval()
     ctx = build_context(
@@ -135,10 +131,7 @@ def run_train(config: RunConfig, pm: pluggy.PluginManager) -> RunOutcome:
     performance = performance_section(ctx)
     performance.notes.extend(setup.notes)
     performance.warnings.extend(setup.warnings)
-    for section in (performance, efficiency_section(model, dataset, device, config, result)):
-        report.add_section(section)
-    for section in collect_sections(pm, ctx):
-        report.add_section(section)
+    add_sections(report, ctx, pm, performance)
     return _finish(config, report, model_bytes, pm)
 
 
@@ -174,10 +167,7 @@ def run_evaluate(config: RunConfig, pm: pluggy.PluginManager) -> RunOutcome:
     report.run["model_sha256"] = sha256_hex(Path(config.model_path).read_bytes())
     report.run["model_path"] = config.model_path
     report.run["model_check"] = model_check
-    report.add_section(performance_section(ctx))
-    report.add_section(efficiency_section(model, dataset, device, config, None))
-    for section in collect_sections(pm, ctx):
-        report.add_section(section)
+    add_sections(report, ctx, pm, performance_section(ctx))
     return _finish(config, report, None, pm)
 
 

@@ -89,6 +89,18 @@ def per_sample_criterion(label_smoothing: float) -> Callable[[torch.Tensor, torc
     return per_sample_cross_entropy
 
 
+def model_spec_for(config: RunConfig, dataset: Dataset) -> dict[str, Any]:
+    """The recipe of the model a run names (``--model``, sizes, dropout) for this data's shape and classes."""
+    return model_spec(
+        name=config.model,
+        input_shape=dataset.input_shape,
+        num_classes=dataset.num_classes,
+        hidden=config.hidden,
+        channels=config.channels,
+        dropout=config.dropout,
+    )
+
+
 def build_setup(
     config: RunConfig,
     dataset: Dataset,
@@ -127,15 +139,7 @@ def train_variant(
     """Train the run's model again with no plugins (a baseline to compare a mitigation against)."""
     device = device or resolve_device(config.device)
     generator = seed_everything(config.seed)
-    spec = model_spec(
-        name=config.model,
-        input_shape=dataset.input_shape,
-        num_classes=dataset.num_classes,
-        hidden=config.hidden,
-        channels=config.channels,
-        dropout=config.dropout,
-    )
-    setup = build_setup(config, dataset, device, generator, spec)
+    setup = build_setup(config, dataset, device, generator, model_spec_for(config, dataset))
     setup.sample_weights = sample_weights
     attach_scheduler(setup)
     result = train(setup, progress=progress, desc="baseline (no plugins)")
