@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from audit import __version__
+from audit.cli_output import finish_command, set_files, written_line
 from audit.config import (
     COMPRESSIONS,
     OPTIMIZERS,
@@ -25,6 +26,7 @@ from audit.config import (
     load_yaml_config,
 )
 from audit.errors import AuditError
+from audit.tracking import add_mlflow_argument, open_tracking
 
 # The exit-code contract: 1 means only "a gate failed", so CI can tell a policy decision from a crash.
 EXIT_OK, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL_ERROR = 0, 1, 2, 3
@@ -70,7 +72,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         help="test share when the data has no split of its own [0.2]",
     )
     p.add_argument(
-        "--batch-size", type=int, default=S, help="batch size [1024 for 16k+ training rows, else 256]"
+        "--batch-size",
+        type=int,
+        default=S,
+        help="batch size [1024 at 16k+ training rows, else a tenth of the rows, 16-256]",
     )
     p.add_argument("--seed", type=int, default=S, help="one seed for splits, initialisation and batches [0]")
     p.add_argument("--device", default=S, help="auto, cpu or cuda[:N] [auto]")
@@ -97,7 +102,7 @@ def _add_training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hidden", type=_int_csv, default=S, help="MLP hidden sizes [128,64]")
     p.add_argument("--channels", type=_int_csv, default=S, help="CNN channels [16,32]")
     p.add_argument("--dropout", type=float, default=S, help="dropout [0]")
-    p.add_argument("--epochs", type=int, default=S, help="epochs [10]")
+    p.add_argument("--epochs", type=int, default=S, help="epochs [10, or enough for 250 steps: at most 200]")
     p.add_argument(
         "--lr", type=float, default=S, help="learning rate [3e-3 at batch 1024+, else 1e-3; DP-SGD 3e-3]"
     )
@@ -111,7 +116,10 @@ def _add_training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-smoothing", type=float, default=S, help="label smoothing [0]")
     p.add_argument("--grad-clip", type=float, default=S, help="clip the gradient norm to this value")
     p.add_argument(
-        "--patience", type=int, default=S, help="early-stopping patience in epochs on the validation loss [3]"
+        "--patience",
+        type=int,
+        default=S,
+        help="early-stopping patience in epochs on validation [3, or 80 steps]",
     )
     p.add_argument(
         "--no-early-stopping",
@@ -122,6 +130,34 @@ def _add_training(p: argparse.ArgumentParser) -> None:
         help="train every epoch",
     )
     p.add_argument("--compile", action="store_true", default=S, help="torch.compile the model")
+
+
+def _add_trained_elsewhere(p: argparse.ArgumentParser) -> None:
+    """evaluate's options for a model trained outside rai-audit (see the README's Security model)."""
+    S = argparse.SUPPRESS
+    p.add_argument(
+        "--weights", default=S, help="the state_dict (torch.save(model.state_dict())) for --model FACTORY"
+    )
+    p.add_argument(
+        "--program",
+        default=S,
+        help="a TorchScript (.pt) or torch.export (.pt2) program you trust: it is code",
+    )
+    p.add_argument(
+        "--features-ready",
+        action="store_true",
+        default=S,
+        help="--data's columns are the model's inputs as they are (no imputation, encoding or scaling)",
+    )
+    p.add_argument(
+        "--features",
+        type=_csv,
+        default=S,
+        help="the input columns in order [every column but target and --sensitive]",
+    )
+    p.add_argument(
+        "--train-data", default=S, help="the model's training rows (same columns), for the membership audit"
+    )
 
 
 # Library warnings that say nothing actionable about a run: Opacus' RDP accountant hitting its
@@ -135,37 +171,42 @@ BENIGN_LIBRARY_WARNINGS = (
 )
 
 
-def build_parser(plugin_options: list[CliOption], commands: list[Command] = ()) -> argparse.ArgumentParser:
-    """The full parser: core subcommands plus every plugin's options."""
+def build_parser(
+    plugin_options: list[CliOption], commands: list[Command] = (), owners: dict[str, str] | None = None
+) -> argparse.ArgumentParser:
+    """The full parser: core subcommands plus every plugin's options (``owners``: option dest -> plugin name)."""
     parser = _Parser(
         prog="audit",
         description="Train a PyTorch model and audit privacy, fairness, robustness and efficiency in one report.",
     )
-    parser.add_argument("--version", action="version", version=f"rai-audit {__version__}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s (rai-audit) {__version__}")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     parser.add_argument(
         "--debug", action="store_true", help="show the traceback of an internal error (exit code 3)"
     )
     sub = parser.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
     train = sub.add_parser("train", help="train a model and write its audit report")
-    _add_common(train)
-    _add_training(train)
+    core = train.add_argument_group("core options")
+    _add_common(core)
+    add_mlflow_argument(core)
+    _add_training(core)
     evaluate = sub.add_parser("evaluate", help="audit a saved model again, without training")
-    evaluate.add_argument(
-        "--model", dest="model_path", required=True, help="model.pt written by 'audit train'"
+    evaluate_core = evaluate.add_argument_group("core options")
+    evaluate_core.add_argument(
+        "--model",
+        dest="model_path",
+        default=argparse.SUPPRESS,
+        help="model.pt written by 'audit train', or package.module:factory (code you trust) with --weights",
     )
-    evaluate.add_argument(
+    evaluate_core.add_argument(
         "--model-factory",
         default=argparse.SUPPRESS,
         help="package.module:factory that rebuilds a model file trained with --model FACTORY (code you trust)",
     )
-    _add_common(evaluate)
-    for option in plugin_options:
-        for name, target in (("train", train), ("evaluate", evaluate)):
-            if name in option.commands:
-                target.add_argument(
-                    *option.flags, **{**option.kwargs, "default": argparse.SUPPRESS, "dest": option.dest}
-                )
+    _add_trained_elsewhere(evaluate_core)
+    _add_common(evaluate_core)
+    add_mlflow_argument(evaluate_core)
+    _add_plugin_options({"train": train, "evaluate": evaluate}, plugin_options, owners or {})
     rep = sub.add_parser("report", help="re-render report.json as HTML, Markdown and a model card")
     rep.add_argument("report")
     rep.add_argument("--format", choices=["html", "md", "model-card", "all"], default="all")
@@ -178,8 +219,48 @@ def build_parser(plugin_options: list[CliOption], commands: list[Command] = ()) 
         if command.name in sub.choices:
             raise AuditError(f"two plugins provide the subcommand {command.name!r}")
         command.add_arguments(sub.add_parser(command.name, help=command.help))
+    for command_parser in sub.choices.values():
+        _add_quiet(command_parser)
     parser.command_parsers = dict(sub.choices)
     return parser
+
+
+def _add_plugin_options(
+    targets: dict[str, argparse.ArgumentParser], plugin_options: list[CliOption], owners: dict[str, str]
+) -> None:
+    """Each plugin's options in a help group of its own, named after the plugin that declared them."""
+    groups: dict[tuple[str, str], Any] = {}
+    for option in plugin_options:
+        plugin = owners.get(option.dest, "plugin")
+        for name, target in targets.items():
+            if name in option.commands:
+                if (name, plugin) not in groups:
+                    groups[name, plugin] = target.add_argument_group(f"{plugin} (plugin options)")
+                groups[name, plugin].add_argument(
+                    *option.flags, **{**option.kwargs, "default": argparse.SUPPRESS, "dest": option.dest}
+                )
+
+
+def _add_quiet(command_parser: argparse.ArgumentParser) -> None:
+    """--quiet on every subcommand (a plugin's too): no progress bars, summaries or lists of files written."""
+    taken = command_parser._option_string_actions
+    if "--quiet" in taken:
+        return
+    flags = ["--quiet"] + ([] if "-q" in taken else ["-q"])
+    command_parser.add_argument(
+        *flags, action="store_true", help="no progress bars, summaries or lines naming the files written"
+    )
+
+
+def plugin_cli_options(pm: Any) -> tuple[list[CliOption], dict[str, str]]:
+    """Every plugin's options (in hook-call order) and, per option dest, the name of the plugin that declared it."""
+    options: list[CliOption] = []
+    owners: dict[str, str] = {}
+    for impl in reversed(pm.hook.audit_cli_options.get_hookimpls()):  # pluggy calls the last registered first
+        for option in impl.function() or []:
+            options.append(option)
+            owners[option.dest] = impl.plugin_name
+    return options, owners
 
 
 def _config_action(key: str, command: argparse.ArgumentParser) -> argparse.Action | None:
@@ -243,15 +324,28 @@ def config_file_tokens(
             if _config_action(key, train) is not None:
                 continue
             raise AuditError(f"key {key!r} is unknown; expected a flag of 'audit train --help'")
+        _refuse_code(key, value, action)
         tokens += _config_value_tokens(key, value, action, command)
     return tokens
+
+
+# evaluate's options that choose code to import or run: the user's own command line only, never a file it reads
+CODE_OPTIONS = ("program", "model_factory")
+
+
+def _refuse_code(key: str, value: Any, action: argparse.Action) -> None:
+    if action.dest in CODE_OPTIONS or (action.dest == "model_path" and ":" in str(value)):
+        flag = action.option_strings[0]
+        raise AuditError(
+            f"key {key!r} names code to run ({flag}); a config file is data: give {flag} on the command line"
+        )
 
 
 def _merge(args: argparse.Namespace, plugin_options: list[CliOption], argv: Sequence[str]) -> dict[str, Any]:
     values: dict[str, Any] = {
         o.dest: o.kwargs.get("default") for o in plugin_options if args.cmd in o.commands
     }
-    values.update({k: v for k, v in vars(args).items() if k not in ("cmd", "verbose", "debug")})
+    values.update({k: v for k, v in vars(args).items() if k not in ("cmd", "verbose", "debug", "mlflow")})
     if args.cmd == "evaluate" and "data" not in values:
         values["data"] = None  # the saved model's built-in data (resolved by run_evaluate)
     values["command"] = args.cmd
@@ -264,20 +358,19 @@ def _given(args: argparse.Namespace, from_argv: set[str], plugin_options: list[C
     dests = {o.dest for o in plugin_options}
     sources = {}
     for key in vars(args):
-        if key in ("cmd", "verbose", "debug", "command_line"):
+        if key in ("cmd", "verbose", "debug", "command_line", "mlflow"):
             continue
         source = "command line" if key in from_argv else f"config file {args.config_file}"
         sources[f"options.{key}" if key in dests else key] = source
     return sources
 
 
-def _print_summary(report: dict[str, Any], out_dir: Path) -> None:
-    """The headline metrics every section declared (in report order), then where the report is."""
+def _print_summary(report: dict[str, Any]) -> None:
+    """The headline metrics every section declared, in report order."""
     for section in report["sections"]:
         for key in section.get("headline", []):
             value = report["metrics"].get(key)
             print(f"  {key:<52} {value:.4g}" if isinstance(value, (int, float)) else f"  {key:<52} {value}")
-    print(f"report: {out_dir / 'report.html'}")
 
 
 def _parse(argv: Sequence[str], parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, set[str]]:
@@ -314,6 +407,7 @@ def _train_or_evaluate(
     config = build_config(
         _merge(args, plugin_options, argv), {o.dest: o for o in plugin_options}, sources=sources
     )
+    tracking = open_tracking(args.mlflow)  # a bad --mlflow is refused before any data or training
     with warnings.catch_warnings():
         for message in BENIGN_LIBRARY_WARNINGS:
             warnings.filterwarnings("ignore", message=message)
@@ -322,11 +416,13 @@ def _train_or_evaluate(
         outcome = (run_train if args.cmd == "train" else run_evaluate)(config, pm)
     gate = outcome.report["metrics"].get("gate.passed")
     if not config.quiet:
-        _print_summary(outcome.report, outcome.out_dir)
+        _print_summary(outcome.report)
         if gate is not None:
             from audit.gate_cli import print_gate_table
 
             print_gate_table(outcome.report)
+    files = set_files(outcome.out_dir / "report.json", outcome.report)
+    finish_command(files, report=outcome.report, command=args.cmd, tracking=tracking, quiet=config.quiet)
     return EXIT_GATE_FAILED if gate == 0 else EXIT_OK
 
 
@@ -334,9 +430,9 @@ def _run(argv: Sequence[str]) -> int:
     from audit.plugins import get_plugin_manager
 
     pm = get_plugin_manager()
-    plugin_options = [o for group in pm.hook.audit_cli_options() for o in (group or [])]
+    plugin_options, owners = plugin_cli_options(pm)
     commands = [c for group in pm.hook.audit_commands() for c in (group or [])]
-    args, from_argv = _parse(argv, build_parser(plugin_options, commands))
+    args, from_argv = _parse(argv, build_parser(plugin_options, commands, owners))
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
@@ -347,7 +443,7 @@ def _run(argv: Sequence[str]) -> int:
     if args.cmd == "plugins":
         from audit.plugins import describe_plugins
 
-        for row in describe_plugins(pm):
+        for row in describe_plugins(pm):  # the list is the answer: --quiet leaves it
             print(
                 f"{row['name']:<12} {row['distribution']} {row['version']}  hooks: {', '.join(row['hooks'])}"
             )
@@ -368,13 +464,16 @@ def _render(args: argparse.Namespace) -> int:
     source = Path(args.report)
     formats = list(RENDERINGS) if args.format == "all" else [args.format]
     files = render_beside(read_report(args.report), source, formats)
+    written = []
     for path, text in files.values():
         if args.out and len(formats) == 1 and not Path(args.out).is_dir():
             target = Path(args.out)
         else:
             target = (Path(args.out) if args.out else source.parent) / path.name
         write_atomic(target, text)
-        print(target)
+        written.append(target)
+    if not args.quiet:
+        print(written_line(written))
     return EXIT_OK
 
 

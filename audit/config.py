@@ -18,8 +18,41 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "adagrad")
 SCHEDULES = ("none", "step", "cosine", "onecycle")
 COMPRESSIONS = ("quantize", "prune")
 LARGE_BATCH = 1024
-LARGE_BATCH_ROWS = 16384
-MAX_SEED = 2**32 - 1  # training sets this large default to LARGE_BATCH
+LARGE_BATCH_ROWS = 16384  # training sets this large default to LARGE_BATCH
+SMALL_BATCH = 256  # the largest default batch below LARGE_BATCH_ROWS
+MIN_BATCH = 16
+BATCH_ROWS_SHARE = 10  # a small table's default batch is the power of two at or below a tenth of its rows
+MIN_STEPS = 250  # default epochs give at least this many optimizer steps (Adult's 10 epochs give 290)
+MIN_EPOCHS = 10
+MAX_EPOCHS = 200  # a table of a few dozen rows would otherwise get thousands of one-step epochs
+DEFAULT_PATIENCE = 3  # epochs; raised on small tables so that patience covers PATIENCE_STEPS
+PATIENCE_STEPS = 80  # Adult (29 steps an epoch) keeps patience 3
+MAX_SEED = 2**32 - 1
+
+
+def default_batch_size(train_rows: int) -> int:
+    """The core's batch size for this many training rows (see ``RunConfig.resolve``)."""
+    if train_rows >= LARGE_BATCH_ROWS:
+        return LARGE_BATCH
+    # At least ~10 steps an epoch: at batch 256, 720 rows made 3 steps and 10 epochs left the majority class.
+    power = 2 ** max(0, math.floor(math.log2(max(train_rows, 1) / BATCH_ROWS_SHARE)))
+    return min(SMALL_BATCH, max(MIN_BATCH, power))
+
+
+def steps_per_epoch(train_rows: int, batch_size: int) -> int:
+    """Optimizer steps in one epoch (the last batch may be short)."""
+    return max(1, math.ceil(train_rows / batch_size))
+
+
+def default_epochs(train_rows: int, batch_size: int) -> int:
+    """The core's epochs: at least ``MIN_EPOCHS``, and enough for ``MIN_STEPS`` steps (at most ``MAX_EPOCHS``)."""
+    needed = math.ceil(MIN_STEPS / steps_per_epoch(train_rows, batch_size))
+    return min(MAX_EPOCHS, max(MIN_EPOCHS, needed))
+
+
+def default_patience(train_rows: int, batch_size: int) -> int:
+    """The core's patience in epochs: at least ``DEFAULT_PATIENCE``, and at least ``PATIENCE_STEPS`` steps."""
+    return max(DEFAULT_PATIENCE, math.ceil(PATIENCE_STEPS / steps_per_epoch(train_rows, batch_size)))
 
 
 def parse_list(value: str, cast: Callable[[str], Any] = str, *, what: str = "values") -> list[Any]:
@@ -92,13 +125,21 @@ class RunConfig:
     # evaluate: the package.module:factory the user trusts to rebuild a model file's architecture (a model file
     # itself never chooses code to import)
     model_factory: str | None = None
+    # evaluate, a model trained elsewhere: the state_dict for --model FACTORY, or a TorchScript/torch.export
+    # program the user trusts (--program); its data's columns are the model's inputs as they are (features_ready)
+    weights: str | None = None
+    program: str | None = None
+    features_ready: bool = False
+    # the input columns in order (default: every column but the target and the sensitive ones)
+    features: list[str] = field(default_factory=list)
+    train_data: str | None = None  # the model's training rows, for the membership-inference audit
     hidden: list[int] = field(default_factory=lambda: [128, 64])
     channels: list[int] = field(default_factory=lambda: [16, 32])
     # Off by default: on the CPU, dropout's Bernoulli draws cost as much as the rest of a small MLP's
     # step, and with early stopping on Adult it bought nothing (0.8591 with 0.1, 0.8585 without).
     dropout: float = 0.0
-    epochs: int = 10
-    batch_size: int | None = None  # None: LARGE_BATCH for large training sets, else 256 (see resolve)
+    epochs: int | None = None  # None: enough for MIN_STEPS steps, at least MIN_EPOCHS (see resolve)
+    batch_size: int | None = None  # None: LARGE_BATCH for large training sets, else by the rows (see resolve)
     lr: float | None = None  # None: 3e-3 at LARGE_BATCH, else 1e-3; or a plugin's default (DP-SGD: 3e-3)
     optimizer: str = "adam"
     momentum: float = 0.9
@@ -109,7 +150,7 @@ class RunConfig:
     gamma: float = 0.5
     label_smoothing: float = 0.0
     grad_clip: float | None = None
-    patience: int | None = 3
+    patience: int | None = DEFAULT_PATIENCE  # raised on small tables by resolve; None: no early stopping
     seed: int = 0
     device: str = "auto"
     compile: bool = False
@@ -159,9 +200,11 @@ class RunConfig:
     def resolve(self, *, train_rows: int, plugin_defaults: dict[str, tuple[Any, str]]) -> None:
         """Fill every core value left unset, once: a plugin's default (value, plugin name), else the core's.
 
-        A value the user gave (flag or config file) always wins. The core's batch size and learning rate
-        depend on the training rows: large batches keep a small model's step from being Python overhead,
-        small data keeps enough steps per epoch to learn (Adult, 29k rows, at 1024 and 3e-3: 0.859).
+        A value the user gave (flag or config file) always wins. The core's defaults depend on the training
+        rows: large batches keep a small model's step from being Python overhead (Adult, 29k rows, at 1024 and
+        3e-3: 0.859); small tables get smaller batches, epochs enough for ``MIN_STEPS`` optimizer steps and a
+        patience of at least ``PATIENCE_STEPS`` steps, so that a 720-row table is trained past predicting its
+        majority class.
         """
         if self.resolved:
             return
@@ -170,15 +213,38 @@ class RunConfig:
             # the user's value wins: given as a flag or in a file (sources), or through the API (not the default)
             if name not in self.sources and getattr(self, name) == unset[name]:
                 self.set_from(f"plugin {plugin}", **{name: value})
-        if self.batch_size is None:
-            size = LARGE_BATCH if train_rows >= LARGE_BATCH_ROWS else 256
-            self.set_from(f"default for {train_rows} training rows", batch_size=size)
+        self._resolve_schedule(train_rows)
         if self.lr is None:
             self.set_from(
                 f"default for batch size {self.batch_size}",
                 lr=3e-3 if self.batch_size >= LARGE_BATCH else 1e-3,
             )
         self.resolved = True
+
+    def _resolve_schedule(self, train_rows: int) -> None:
+        """Batch size, epochs and patience the user left unset, derived from the training rows."""
+        if self.batch_size is None:
+            self.set_from(
+                f"default for {train_rows} training rows", batch_size=default_batch_size(train_rows)
+            )
+        steps = steps_per_epoch(train_rows, self.batch_size)
+        if self.epochs is None:
+            self.set_from(
+                f"default for {train_rows} training rows at batch {self.batch_size} ({steps} steps an epoch): "
+                f"at least {MIN_STEPS} steps and {MIN_EPOCHS} epochs, at most {MAX_EPOCHS} epochs",
+                epochs=default_epochs(train_rows, self.batch_size),
+            )
+        if "patience" not in self.sources and self.patience == DEFAULT_PATIENCE:
+            patience = default_patience(train_rows, self.batch_size)
+            if patience != DEFAULT_PATIENCE:
+                self.set_from(
+                    f"default for {steps} steps an epoch: at least {PATIENCE_STEPS} steps without improvement",
+                    patience=patience,
+                )
+        if not self.warmup_epochs < self.epochs:
+            raise AuditError(
+                f"--warmup-epochs must be below the epochs, got {self.warmup_epochs} with {self.epochs} epochs"
+            )
 
     def validate(self) -> None:
         """Raise AuditError for a value no run can use, or an option given without the choice it belongs to."""
@@ -187,7 +253,7 @@ class RunConfig:
         self._check_belongs()
 
     def _check_ranges(self) -> None:
-        if self.epochs < 1:
+        if self.epochs is not None and self.epochs < 1:
             raise AuditError(f"--epochs must be at least 1, got {self.epochs}")
         for name, sizes in (("hidden", self.hidden), ("channels", self.channels)):
             if any(size < 1 for size in sizes):
@@ -203,7 +269,7 @@ class RunConfig:
             raise AuditError(
                 f"--step-size must be at least 1 and --gamma positive, got {self.step_size} and {self.gamma}"
             )
-        if not 0 <= self.warmup_epochs < self.epochs:
+        if not 0 <= self.warmup_epochs < (self.epochs or math.inf):  # default epochs: checked by resolve
             raise AuditError(
                 f"--warmup-epochs must be in [0, --epochs), got {self.warmup_epochs} with {self.epochs} epochs"
             )

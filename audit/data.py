@@ -603,11 +603,19 @@ def _to_split(x: np.ndarray, y: np.ndarray, groups: pd.DataFrame) -> Split:
     )
 
 
-def load_dataset(config: RunConfig, *, schema: dict[str, Any] | None = None) -> Dataset:
+def load_dataset(
+    config: RunConfig,
+    *,
+    schema: dict[str, Any] | None = None,
+    frame: pd.DataFrame | None = None,
+    train_frame: pd.DataFrame | None = None,
+) -> Dataset:
     """Load the data a run names, split it, and fit preprocessing on the training split only.
 
     With ``schema`` (from a saved model), reuse its preprocessing: built-in data gets the same
-    splits the model was trained with; a user's file becomes one evaluation split.
+    splits the model was trained with; a user's file becomes one evaluation split. ``frame``: a DataFrame
+    given through the API in place of the file --data names; ``train_frame`` in place of --train-data (the saved
+    model's training rows, for the audits that need them).
     """
     if config.data == "digits":
         return _load_digits(config)
@@ -617,14 +625,14 @@ def load_dataset(config: RunConfig, *, schema: dict[str, Any] | None = None) -> 
         return _build_tabular(
             config, "adult", train_frame, test_frame, digest, target, "adult's own train/test split", schema
         )
-    frame, digest = read_table(config.data)
+    frame, digest = table_from_frame(frame, config.data) if frame is not None else read_table(config.data)
     if not config.target and not schema:
         raise AuditError(
             f"--target is required for {config.data}; expected one of its columns: {', '.join(map(str, frame.columns))}"
         )
     target = config.target or schema["target"]
     if schema is not None:
-        return _build_evaluation_only(config, frame, digest, target, schema)
+        return _build_evaluation_only(config, frame, digest, target, schema, train_frame)
     return _build_tabular(
         config, Path(config.data).stem, frame, None, digest, target, "stratified split from --seed", None
     )
@@ -819,9 +827,15 @@ def _unseen_groups(
 
 
 def _build_evaluation_only(
-    config: RunConfig, frame: pd.DataFrame, digest: str, target: str, schema: dict[str, Any]
+    config: RunConfig,
+    frame: pd.DataFrame,
+    digest: str,
+    target: str,
+    schema: dict[str, Any],
+    train_frame: pd.DataFrame | None = None,
 ) -> Dataset:
-    """A user's file audited against a saved model: every row is evaluation data; no training rows."""
+    """A user's file audited against a saved model: every row is evaluation data; training rows only from
+    --train-data."""
     source = config.data
     y, classes = _encode_target(frame, target, source, schema["classes"])
     check_sensitive(frame, config.sensitive, source, target=target)
@@ -832,10 +846,15 @@ def _build_evaluation_only(
     warnings, group_notes = _unseen_groups(frame, config.sensitive, schema, pre, source)
     x = _transform(pre, frame, source)
     empty = _to_split(x[:0], y[:0], group_frame(frame.iloc[:0], config.sensitive, bins))
+    train = (
+        _saved_training_rows(config, train_frame, target, schema, bins)
+        if train_given(config, train_frame)
+        else empty
+    )
     return Dataset(
         name=Path(source).stem,
         kind="tabular",
-        train=empty,
+        train=train,
         val=empty,
         test=_to_split(x, y, group_frame(frame, config.sensitive, bins)),
         classes=classes,
@@ -852,13 +871,36 @@ def _build_evaluation_only(
         missing_counts=_missing_counts(frame, pre),
         positive_label=schema.get("positive_label"),
         group_bins=bins,
-        notes=[
-            "no training rows are available for this evaluation; audits that need them are skipped",
-            *notes,
-        ]
-        + group_notes,
+        notes=([] if len(train) else [NO_TRAINING_ROWS]) + notes + group_notes,
         warnings=warnings,
     )
+
+
+NO_TRAINING_ROWS = (
+    "no training rows are available for this evaluation (--train-data); audits that need them are skipped"
+)
+
+
+def train_given(config: RunConfig, train_frame: pd.DataFrame | None) -> bool:
+    """Whether the model's training rows were given (--train-data, or a DataFrame through the API)."""
+    return train_frame is not None or bool(config.train_data)
+
+
+def _saved_training_rows(
+    config: RunConfig,
+    train_frame: pd.DataFrame | None,
+    target: str,
+    schema: dict[str, Any],
+    bins: dict[str, list[float]],
+) -> Split:
+    """--train-data for a saved model: checked and transformed exactly as the evaluation rows are."""
+    source = config.train_data or "train_data"
+    frame = table_from_frame(train_frame, source)[0] if train_frame is not None else read_table(source)[0]
+    y, _ = _encode_target(frame, target, source, schema["classes"])
+    check_sensitive(frame, config.sensitive, source, target=target)
+    pre = TabularPreprocessor.from_dict(schema["preprocessor"])
+    frame, _ = _evaluation_frame(frame, pre, config, source, list(bins))
+    return _to_split(_transform(pre, frame, source), y, group_frame(frame, config.sensitive, bins))
 
 
 def _positive_label(config: RunConfig, classes: list[str], target: str) -> str | None:
@@ -919,3 +961,143 @@ def _load_digits(config: RunConfig) -> Dataset:
         lower=torch.zeros(width),
         upper=torch.ones(width),
     )
+
+
+# --- features ready: a table whose columns are a model's inputs as they are (a model trained elsewhere) -----------
+
+
+def table_from_frame(frame: pd.DataFrame, name: str) -> tuple[pd.DataFrame, str]:
+    """A DataFrame given through the API, checked as a file's header is; return it and a SHA-256 of its values."""
+    _check_header(list(frame.columns), name)
+    if len(frame) == 0:
+        raise AuditError(f"data {name} has no rows; expected a table of rows to audit")
+    hashed = pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes()
+    digest = hashlib.sha256("\x1f".join(map(str, frame.columns)).encode() + hashed).hexdigest()
+    return frame.reset_index(drop=True), digest
+
+
+def ready_feature_columns(frame: pd.DataFrame, config: RunConfig, target: str, source: str) -> list[str]:
+    """The model's input columns in order: --features as named, else every column but target, groups, dropped."""
+    if config.features:
+        repeated = [c for c, n in Counter(config.features).items() if n > 1]
+        absent = [c for c in config.features if c not in frame.columns]
+        if repeated or absent or target in config.features:
+            problem = (
+                f"names {repeated[0]!r} twice"
+                if repeated
+                else f"names column {absent[0]!r} that {source} lacks"
+                if absent
+                else f"names the target {target!r}"
+            )
+            raise AuditError(
+                f"--features {problem}; expected the model's input columns, in order, from: "
+                f"{', '.join(map(str, frame.columns))}"
+            )
+        return list(config.features)
+    left_out = {target, *config.sensitive, *config.drop_columns}
+    columns = [c for c in frame.columns if c not in left_out]
+    if not columns:
+        raise AuditError(f"{source} has no feature columns besides the target and sensitive columns")
+    return columns
+
+
+def _ready_inputs(frame: pd.DataFrame, features: list[str], source: str) -> np.ndarray:
+    """The columns as float32, exactly as given: text, missing and non-finite cells are refused (none is imputed)."""
+    for col in features:
+        if col not in frame.columns:
+            raise AuditError(f"{source} lacks feature column {col!r}; expected the same columns as --data")
+        column = frame[col]
+        if not (_is_number(column) or pd.api.types.is_bool_dtype(column)):
+            example = column.dropna().iloc[0] if column.notna().any() else None
+            raise AuditError(
+                f"feature column {col!r} in {source} is not numeric (e.g. {example!r}); --features-ready feeds "
+                "columns as they are: expected numbers (encode it first, or leave it out with --features)"
+            )
+        missing = int(column.isna().sum())
+        if missing:
+            raise AuditError(
+                f"feature column {col!r} in {source} has {missing} missing value(s); --features-ready imputes "
+                "nothing: expected every cell filled"
+            )
+    x = frame[features].to_numpy(dtype=np.float64)
+    with np.errstate(over="ignore"):
+        x32 = x.astype(np.float32)
+    bad = np.argwhere(~np.isfinite(x32))
+    if len(bad):
+        row, j = bad[0]
+        raise AuditError(
+            f"feature column {features[j]!r} in {source} holds {x[row, j]:g} (data row {row + 1}); expected "
+            "finite numbers within float32's range"
+        )
+    return x32
+
+
+def _ready_labels(frames: list[tuple[pd.DataFrame, str]], target: str) -> tuple[list[np.ndarray], list[str]]:
+    """Each table's labels, coded over the classes of all of them (sorted: logit k is the k-th class)."""
+    for frame, source in frames:
+        if target not in frame.columns:
+            raise AuditError(
+                f"{source} has no target column {target!r}; columns are: {', '.join(map(str, frame.columns))}"
+            )
+    combined = pd.DataFrame({target: pd.concat([f[target] for f, _ in frames], ignore_index=True)})
+    _, classes = _encode_target(combined, target, " and ".join(s for _, s in frames))
+    return [_encode_target(f, target, s, classes)[0] for f, s in frames], classes
+
+
+def load_ready_dataset(
+    config: RunConfig, *, frame: pd.DataFrame | None = None, train_frame: pd.DataFrame | None = None
+) -> Dataset:
+    """--features-ready: --data's rows are the test rows, --train-data's (if any) the training rows; no preprocessing.
+
+    ``frame``/``train_frame``: DataFrames given through the API instead of the files.
+    """
+    source = config.data
+    frame, digest = table_from_frame(frame, source) if frame is not None else read_table(source)
+    tables = [(frame, source)]
+    if train_given(config, train_frame):
+        where = config.train_data or "train_data"
+        train_frame = table_from_frame(train_frame, where)[0] if train_frame is not None else None
+        tables.append((train_frame if train_frame is not None else read_table(where)[0], where))
+    if not config.target:
+        raise AuditError(f"--target is required with --features-ready; expected one of {source}'s columns")
+    labels, classes = _ready_labels(tables, config.target)
+    features = ready_feature_columns(frame, config, config.target, source)
+    for table, where in tables:
+        check_sensitive(table, config.sensitive, where, target=config.target)
+    xs = [_ready_inputs(table, features, where) for table, where in tables]
+    fitted = tables[-1][0]  # the training rows when known: the bins and the attack's bounds come from them
+    bins = sensitive_bins(fitted, config.sensitive)
+    splits = [
+        _to_split(x, y, group_frame(t, config.sensitive, bins)) for x, y, (t, _) in zip(xs, labels, tables)
+    ]
+    empty = _to_split(xs[0][:0], labels[0][:0], group_frame(frame.iloc[:0], config.sensitive, bins))
+    return Dataset(
+        name=Path(source).stem,
+        kind="tabular",
+        train=splits[1] if len(splits) > 1 else empty,
+        val=empty,
+        test=splits[0],
+        classes=classes,
+        target=config.target,
+        sensitive=list(config.sensitive),
+        input_shape=(len(features),),
+        feature_names=features,
+        fingerprint=digest,
+        split_source=f"every row of {source} (evaluation only)"
+        + (f"; training rows from {tables[1][1]}" if len(tables) > 1 else ""),
+        perturbable=torch.ones(len(features), dtype=torch.bool),
+        lower=torch.from_numpy(xs[-1].min(axis=0)),
+        upper=torch.from_numpy(xs[-1].max(axis=0)),
+        positive_label=_positive_label(config, classes, config.target),
+        group_bins=bins,
+        notes=_ready_notes(features, len(tables) > 1),
+    )
+
+
+def _ready_notes(features: list[str], with_training_rows: bool) -> list[str]:
+    shown = ", ".join(features[:8]) + (", ..." if len(features) > 8 else "")
+    notes = [
+        f"features ready (--features-ready): the model's {len(features)} inputs are the columns {shown}, as "
+        "given (no imputation, no scaling); attack epsilons are in those columns' units"
+    ]
+    return notes if with_training_rows else [*notes, NO_TRAINING_ROWS]

@@ -196,4 +196,21 @@ def efficiency_section(
                 "quantize: dynamic int8 Linear layers."
             )
     section.notes.append(f"device {device}; latency is one forward pass, p50/p95 over repeated runs")
+    section.summary = efficiency_summary(section.metrics)
     return section
+
+
+def efficiency_summary(metrics: dict[str, float | None]) -> list[str]:
+    """What the model costs, in words: training time and rate, memory, size and one prediction's latency."""
+    m = {name.split(".", 1)[1]: value for name, value in metrics.items() if value is not None}
+    parts = []
+    if "train_wall_s" in m and "train_samples_per_s" in m:
+        parts.append(f"training took {m['train_wall_s']:.1f} s ({m['train_samples_per_s']:,.0f} samples/s)")
+    if "peak_rss_mb" in m:
+        parts.append(f"peak memory {m['peak_rss_mb']:.0f} MB")
+    if "params" in m and "model_size_bytes" in m:
+        parts.append(f"{m['params']:,.0f} parameters ({m['model_size_bytes'] / 1024:,.0f} KiB)")
+    if "latency_ms_p50" in m:
+        parts.append(f"one prediction takes {m['latency_ms_p50']:.2g} ms (median)")
+    text = "; ".join(parts)
+    return [text[0].upper() + text[1:] + "."] if text else []

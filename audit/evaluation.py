@@ -32,6 +32,8 @@ class EvalContext:
     artifacts: dict[str, Any] = field(default_factory=dict)
     checkpoint_metadata: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
+    # False for a model trained elsewhere: how it was trained (DP, mitigations) is unknown, not absent
+    training_known: bool = True
     _baseline: tuple[nn.Module, torch.Tensor] | None = field(default=None, repr=False)
 
     def baseline(self) -> tuple[nn.Module, torch.Tensor]:
@@ -85,6 +87,7 @@ def build_context(
     training: TrainResult | None,
     artifacts: dict[str, Any],
     checkpoint_metadata: dict[str, Any],
+    training_known: bool = True,
 ) -> EvalContext:
     """Run the model once over the test and training rows and package what the plugins need."""
     logits = predict_logits(model, dataset.test.x, device)
@@ -102,4 +105,5 @@ def build_context(
         artifacts=artifacts,
         checkpoint_metadata=checkpoint_metadata,
         seed=config.seed,
+        training_known=training_known,
     )

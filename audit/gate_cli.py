@@ -9,6 +9,7 @@ from typing import Any
 
 import pluggy
 
+from audit.cli_output import MODEL_FILE, finish_command, set_files, written_line
 from audit.errors import AuditError
 from audit.outputs import check_writable, write_atomic, write_report_set
 from audit.report import Report, read_report
@@ -21,6 +22,7 @@ from audit.signing import (
     resolve_sign_key,
     verify_report,
 )
+from audit.tracking import add_mlflow_argument, open_tracking
 
 
 def add_subcommands(sub: Any) -> None:
@@ -38,6 +40,7 @@ def add_subcommands(sub: Any) -> None:
     )
     gate.add_argument("--public-key", metavar="FILE", help="refuse the report unless this key signed it")
     add_sign_key_argument(gate)
+    add_mlflow_argument(gate)
     metrics = sub.add_parser("metrics", help="list every metric name and value of a report")
     metrics.add_argument("report")
     metrics.add_argument("--json", action="store_true", help="print JSON")
@@ -105,6 +108,7 @@ def _gate(args: argparse.Namespace, pm: pluggy.PluginManager) -> int:
     for option, value in (("--junit", args.junit), ("--summary", args.summary)):
         if value:
             check_writable(Path(value), folder=False, what=option)
+    tracking = open_tracking(args.mlflow)
     data, found, sign_key = _verified_for_gate(args)
     rules, digest = load_policy(args.policy)
     check_rule_metrics(
@@ -113,6 +117,7 @@ def _gate(args: argparse.Namespace, pm: pluggy.PluginManager) -> int:
     baseline = read_report(args.baseline)["metrics"] if args.baseline else None
     result = evaluate_policy(rules, data["metrics"], baseline=baseline)
     result.policy_path, result.policy_sha256 = args.policy, digest
+    written = [Path(p) for p in (args.junit, args.summary) if p]
     if args.junit:
         write_atomic(Path(args.junit), junit_xml(result))
     if args.summary:
@@ -129,8 +134,32 @@ def _gate(args: argparse.Namespace, pm: pluggy.PluginManager) -> int:
         # the files this write keeps (model.pt) stay in the manifest, as verified just now
         kept = {name: data["manifest"][name] for name in found.files}
         updated = write_report_set(Path(args.report), updated, sign_key=sign_key, carried=kept)
-    print_gate_table(updated)
+        written = (
+            set_files(Path(args.report), updated, skip=[MODEL_FILE]) + written
+        )  # the model is kept, not written
+    if not args.quiet:
+        print_gate_table(updated)
+    _finish_gate(args, updated if args.write_report else data, updated, written, tracking)
     return 0 if result.passed else 1
+
+
+def _finish_gate(
+    args: argparse.Namespace,
+    on_disk: dict[str, Any],
+    updated: dict[str, Any],
+    written: list[Path],
+    tracking: Any,
+) -> None:
+    """Name the files the gate wrote; with --mlflow, log the gated report, the files beside it and the gate's own."""
+    beside = [p for p in set_files(Path(args.report), on_disk) if p.is_file()]
+    finish_command(
+        written,
+        report=updated,
+        command="gate",
+        tracking=tracking,
+        quiet=args.quiet,
+        artifacts=list(dict.fromkeys(beside + written)),
+    )
 
 
 def _metrics(args: argparse.Namespace) -> int:
@@ -180,6 +209,8 @@ def _verify(args: argparse.Namespace) -> int:
         covered += f" and the {len(found.files)} files it lists ({', '.join(found.files)})"
     else:
         covered += " (an older report: it lists no files, so only report.json is checked)"
+    if args.quiet:
+        return 0
     if found.key_id is None:
         print(f"OK (checksum only): report {args.report} {covered}; {CHECKSUM_ONLY}")
     elif public is None:
@@ -196,6 +227,9 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _keygen(args: argparse.Namespace) -> int:
     private, public, kid = generate_keys(args.out)
+    if args.quiet:
+        return 0
+    print(written_line([Path(private), Path(public)]))
     print(f"private key: {private} (mode 0600; keep it secret: it signs reports, --sign-key)")
     print(f"public key:  {public} (for whoever checks: audit verify REPORT --public-key {public})")
     print(f"key id:      {kid}")

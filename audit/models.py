@@ -225,22 +225,35 @@ def _build_factory(name: str, kwargs: dict[str, Any]) -> nn.Module:
 
 def _check_outputs(model: nn.Module, name: str, kwargs: dict[str, Any]) -> None:
     """A factory's model must give one logit per class: checked on two zero rows before any training."""
-    shape, classes = tuple(kwargs["input_shape"]), kwargs["num_classes"]
+    check_outputs(
+        model, what=f"--model {name!r}", input_shape=kwargs["input_shape"], classes=kwargs["num_classes"]
+    )
+
+
+def build_factory_model(name: str, *, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """The user's ``package.module:factory`` (named by the user, never by a file), built and checked."""
+    return _build_factory(name, {"input_shape": list(input_shape), "num_classes": num_classes})
+
+
+def check_outputs(model: nn.Module, *, what: str, input_shape: Any, classes: int) -> None:
+    """Refuse a model that does not give (2, classes) logits for two zero rows of ``input_shape`` (one line)."""
+    shape = tuple(input_shape)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             out = model(torch.zeros((2, *shape)))
     except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise AuditError(
-            f"--model {name!r} failed on inputs of shape {(2, *shape)}: {type(exc).__name__}: {exc}"
+            f"{what} failed on inputs of shape {(2, *shape)}: {type(exc).__name__}: {first}"
         ) from None
     finally:
         model.train(was_training)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, classes):
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise AuditError(
-            f"--model {name!r} returns outputs of shape {got} for 2 rows; expected (2, {classes}): one logit per class"
+            f"{what} returns outputs of shape {got} for 2 rows; expected (2, {classes}): one logit per class"
         )
 
 
@@ -268,3 +281,16 @@ def replace_batchnorm(model: nn.Module) -> tuple[nn.Module, int]:
         else:
             replaced += replace_batchnorm(child)[1]
     return model, replaced
+
+
+class ExportedModule(nn.Module):
+    """A ``torch.export`` program as a module. Its graph was exported in one mode and cannot switch (its
+    ``eval()`` raises), so it is held outside the module tree; its parameters are listed for counting and moving."""
+
+    def __init__(self, program: nn.Module) -> None:
+        super().__init__()
+        self.__dict__["program"] = program  # not a child: train()/eval() must not reach it
+        self.weights = nn.ParameterList(list(program.parameters()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.program(x)

@@ -7,22 +7,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pluggy
+import torch
+from torch import nn
 
 from audit.checkpoint import (
     checkpoint_bytes,
     defaults_from_checkpoint,
+    external_model,
+    is_external,
     load_checkpoint,
     model_from_checkpoint,
+    module_facts,
 )
 from audit.compliance import evidence_from_specs, refresh_compliance
 from audit.config import RunConfig
-from audit.data import load_dataset
+from audit.data import Dataset, load_dataset, load_ready_dataset
 from audit.efficiency import efficiency_section
 from audit.engine import TrainingSetup, TrainResult, train
 from audit.errors import AuditError
 from audit.evaluation import EvalContext, build_context
 from audit.gate import check_rule_metrics, gate_report_in_place, load_policy
+from audit.models import ExportedModule, check_outputs
 from audit.outputs import check_writable, default_out_dir, write_outputs
 from audit.performance import performance_section
 from audit.plugins import collect_metric_specs
@@ -39,6 +46,9 @@ class RunOutcome:
 
     report: dict[str, Any]
     out_dir: Path
+    model_bytes: bytes | None = None  # model.pt's bytes for a training run
+    built: Report | None = None  # the report object, for the Python API
+    model: nn.Module | None = None  # the model a training run trained
 
 
 def configure(config: RunConfig, pm: pluggy.PluginManager) -> None:
@@ -105,12 +115,14 @@ def add_sections(report: Report, ctx: EvalContext, pm: pluggy.PluginManager, per
         report.add_section(section)
 
 
-def run_train(config: RunConfig, pm: pluggy.PluginManager) -> RunOutcome:
-    """``audit train``: train, audit, and write the report and model."""
+def run_train(
+    config: RunConfig, pm: pluggy.PluginManager, *, frame: pd.DataFrame | None = None, write: bool = True
+) -> RunOutcome:
+    """``audit train``: train, audit, and write the report and model (``frame``, ``write``: see run_evaluate)."""
     started = dt.datetime.now(dt.timezone.utc)
     configure(config, pm)
     generator = seed_everything(config.seed)
-    dataset = load_dataset(config)
+    dataset = load_dataset(config, frame=frame)
     config.resolve(train_rows=len(dataset.train), plugin_defaults=plugin_defaults(config, pm))
     device = resolve_device(config.device)
     setup = build_setup(config, dataset, device, generator, model_spec_for(config, dataset))
@@ -132,43 +144,108 @@ def run_train(config: RunConfig, pm: pluggy.PluginManager) -> RunOutcome:
     performance.notes.extend(setup.notes)
     performance.warnings.extend(setup.warnings)
     add_sections(report, ctx, pm, performance)
-    return _finish(config, report, model_bytes, pm)
+    outcome = _finish(config, report, model_bytes, pm, write=write)
+    outcome.model = model
+    return outcome
 
 
-def run_evaluate(config: RunConfig, pm: pluggy.PluginManager) -> RunOutcome:
-    """``audit evaluate``: audit a saved model again, without training."""
+@dataclass
+class Opened:
+    """What an evaluate run audits: the data, the model, what its training recorded (None: unknown), run facts."""
+
+    dataset: Dataset
+    model: nn.Module
+    metadata: dict[str, Any] | None
+    run: dict[str, Any]
+
+
+def run_evaluate(
+    config: RunConfig,
+    pm: pluggy.PluginManager,
+    *,
+    module: nn.Module | None = None,
+    frames: dict[str, pd.DataFrame] | None = None,
+    write: bool = True,
+) -> RunOutcome:
+    """``audit evaluate``: audit a saved model, or one trained elsewhere, without training.
+
+    ``module`` and ``frames`` ({"data": ..., "train_data": ...}) come from the Python API; ``write=False``
+    finalizes the report without writing files (the API's ``Report.write`` writes them later).
+    """
     started = dt.datetime.now(dt.timezone.utc)
+    frames = frames or {}
+    if is_external(config, module_given=module is not None):
+        opened = _open_external(config, pm, module, frames)
+    else:
+        opened = _open_saved(config, pm, frames)
+    device = resolve_device(config.device)
+    ctx = build_context(
+        config=config,
+        dataset=opened.dataset,
+        model=opened.model.to(device),
+        device=device,
+        training=None,
+        artifacts={},
+        checkpoint_metadata=opened.metadata or {},
+        training_known=opened.metadata is not None,
+    )
+    report = Report(run=run_info(config, opened.dataset, device, started))
+    report.run.update(opened.run)
+    add_sections(report, ctx, pm, performance_section(ctx))
+    return _finish(config, report, None, pm, write=write)
+
+
+def _open_saved(config: RunConfig, pm: pluggy.PluginManager, frames: dict[str, pd.DataFrame]) -> Opened:
+    """A model.pt written by 'audit train': its recipe, weights, preprocessing and training facts."""
     checkpoint = load_checkpoint(config.model_path)
     model_check = check_model_file(config.model_path)  # against the report.json beside it, if any
     defaults_from_checkpoint(config, checkpoint)
     configure(config, pm)
     seed_everything(config.seed)
     schema = checkpoint["schema"]
-    dataset = load_dataset(config, schema=schema)
+    dataset = load_dataset(
+        config, schema=schema, frame=frames.get("data"), train_frame=frames.get("train_data")
+    )
     if list(dataset.input_shape) != list(schema["input_shape"]):
         raise AuditError(
             f"data gives inputs of shape {tuple(dataset.input_shape)}; the model expects "
             f"{tuple(schema['input_shape'])}"
         )
-    device = resolve_device(config.device)
-    model = model_from_checkpoint(checkpoint, config.model_path, trusted_factory=config.model_factory).to(
-        device
-    )
-    ctx = build_context(
-        config=config,
-        dataset=dataset,
-        model=model,
-        device=device,
-        training=None,
-        artifacts={},
-        checkpoint_metadata=checkpoint.get("metadata", {}),
-    )
-    report = Report(run=run_info(config, dataset, device, started))
-    report.run["model_sha256"] = sha256_hex(Path(config.model_path).read_bytes())
-    report.run["model_path"] = config.model_path
-    report.run["model_check"] = model_check
-    add_sections(report, ctx, pm, performance_section(ctx))
-    return _finish(config, report, None, pm)
+    model = model_from_checkpoint(checkpoint, config.model_path, trusted_factory=config.model_factory)
+    run = {
+        "model_sha256": sha256_hex(Path(config.model_path).read_bytes()),
+        "model_path": config.model_path,
+        "model_check": model_check,
+    }
+    return Opened(dataset, model, checkpoint.get("metadata", {}), run)
+
+
+def _open_external(
+    config: RunConfig, pm: pluggy.PluginManager, module: nn.Module | None, frames: dict[str, pd.DataFrame]
+) -> Opened:
+    """A model trained elsewhere, on data whose columns are its inputs; how it was trained is unknown."""
+    configure(config, pm)
+    seed_everything(config.seed)
+    dataset = load_ready_dataset(config, frame=frames.get("data"), train_frame=frames.get("train_data"))
+    shape = {"input_shape": dataset.input_shape, "num_classes": dataset.num_classes}
+    if module is not None:
+        check_outputs(
+            module, what="the model", input_shape=shape["input_shape"], classes=shape["num_classes"]
+        )
+        model, facts = module.eval(), module_facts(module)
+    else:
+        model, facts = external_model(config, **shape)
+    if config.compress and isinstance(model, (torch.jit.ScriptModule, ExportedModule)):
+        raise AuditError(
+            f"--compress {','.join(config.compress)} cannot apply to a TorchScript or torch.export program "
+            "(quantizing and pruning rebuild a module's layers); leave --compress out"
+        )
+    run = {
+        "model_sha256": facts["sha256"],
+        "model_path": config.program or config.weights,
+        "model_source": facts,
+    }
+    return Opened(dataset, model, None, run)
 
 
 def finalize_report(report: Report, *, pm: pluggy.PluginManager, policy: str | None) -> None:
@@ -184,9 +261,17 @@ def finalize_report(report: Report, *, pm: pluggy.PluginManager, policy: str | N
 
 
 def _finish(
-    config: RunConfig, report: Report, model_bytes: bytes | None, pm: pluggy.PluginManager
+    config: RunConfig,
+    report: Report,
+    model_bytes: bytes | None,
+    pm: pluggy.PluginManager,
+    *,
+    write: bool = True,
 ) -> RunOutcome:
     sign_key = resolve_sign_key(config.sign_key)  # --sign-key, else $AUDIT_SIGN_KEY; None: unsigned
     out_dir = default_out_dir(config)
     finalize_report(report, pm=pm, policy=config.policy)
-    return RunOutcome(report=write_outputs(out_dir, report, model_bytes, sign_key), out_dir=out_dir)
+    if not write:  # the API: the caller writes later (Report.write), or never
+        return RunOutcome(report=report.to_dict(), out_dir=out_dir, model_bytes=model_bytes, built=report)
+    written = write_outputs(out_dir, report, model_bytes, sign_key)
+    return RunOutcome(report=written, out_dir=out_dir, model_bytes=model_bytes, built=report)

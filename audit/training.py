@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,20 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+@contextmanager
+def forked_random_state() -> Iterator[None]:
+    """Run a block on forked torch (CPU) and NumPy random streams: what it draws leaves the run's own draws unchanged.
+
+    An audit that trains a model of its own (canaries, reference models) must not shift the released run's streams.
+    """
+    np_state = np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            np.random.set_state(np_state)
 
 
 def resolve_device(name: str) -> torch.device:

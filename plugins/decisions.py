@@ -13,6 +13,7 @@ import pluggy
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from audit import AuditError
+from audit.cli_output import finish_command, set_files
 from audit.config import list_type
 from audit.data import check_sensitive, group_frame, read_table, sensitive_bins
 from audit.outputs import check_writable, write_outputs
@@ -20,8 +21,10 @@ from audit.provenance import package_versions
 from audit.report import Report, Section
 from audit.runner import finalize_report
 from audit.signing import add_sign_key_argument, resolve_sign_key
+from audit.tracking import add_mlflow_argument, open_tracking
+from audit_plugins.fairness_metrics import INTERVAL_METHODS
 from audit_plugins.fairness_sections import (
-    BOOTSTRAP,
+    INTERVALS,
     MIN_GROUP_SIZE,
     fairness_data,
     fairness_section,
@@ -46,7 +49,15 @@ def decisions_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--positive-label", help="the favourable value in y-true and y-pred [1, or the second sorted value]"
     )
-    parser.add_argument("--bootstrap", type=int, default=BOOTSTRAP, help=f"bootstrap resamples [{BOOTSTRAP}]")
+    parser.add_argument(
+        "--intervals",
+        choices=list(INTERVAL_METHODS),
+        default=INTERVALS,
+        help="95%% intervals: 'exact' (Clopper-Pearson per group rate, simultaneous for gaps) or 'none' "
+        f"[{INTERVALS}]",
+    )
+    # Removed (issue 13); still parsed so that it is refused naming its replacement, not as an unknown flag.
+    parser.add_argument("--bootstrap", default=None, help=argparse.SUPPRESS)
     parser.add_argument(
         "--min-group-size",
         type=int,
@@ -56,6 +67,7 @@ def decisions_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/decisions", help="output folder [runs/decisions]")
     add_sign_key_argument(parser)
+    add_mlflow_argument(parser)
     parser.add_argument("--policy", help="gate the report against this policy (exit 1 on failure)")
 
 
@@ -64,6 +76,7 @@ def run_decisions(args: argparse.Namespace, pm: pluggy.PluginManager) -> int:
     _check_numbers(args)
     check_writable(Path(args.out), folder=True, what="--out")
     resolve_sign_key(args.sign_key)  # an unreadable key is refused before any work
+    tracking = open_tracking(args.mlflow)  # so is a bad --mlflow
     frame, digest = read_table(args.data)
     _check_columns(frame, args)
     positive = _positive_label(frame, args)
@@ -78,9 +91,10 @@ def run_decisions(args: argparse.Namespace, pm: pluggy.PluginManager) -> int:
             y_pred,
             groups,
             args.sensitive,
-            n_boot=args.bootstrap,
-            seed=args.seed,
+            intervals=args.intervals,
             min_group_size=args.min_group_size,
+            classes=(_negative_label(frame, args, positive), positive),
+            by="decisions",
         )
     )
     report.add_section(fairness)
@@ -91,15 +105,19 @@ def run_decisions(args: argparse.Namespace, pm: pluggy.PluginManager) -> int:
         for feature, entry in fairness.data["features"].items()
         if "demographic_parity_difference" in entry["summaries"]
     ]
-    for key in ["performance.accuracy", "performance.selection_rate", *parity]:
+    for key in [] if args.quiet else ["performance.accuracy", "performance.selection_rate", *parity]:
         print(f"  {key:<52} {data['metrics'][key]:.4g}")
-    print(f"report: {Path(args.out) / 'report.html'}")
+    files = set_files(Path(args.out) / "report.json", data)
+    finish_command(files, report=data, command="decisions", tracking=tracking, quiet=args.quiet)
     return 1 if data["metrics"].get("gate.passed") == 0 else 0
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
-    if args.bootstrap < 0:
-        raise AuditError(f"--bootstrap must be 0 or more, got {args.bootstrap}")
+    if args.bootstrap is not None:
+        raise AuditError(
+            "--bootstrap was removed: fairness intervals are exact now (Clopper-Pearson per group, simultaneous "
+            "for gaps, valid at no gap); use --intervals exact|none"
+        )
     if args.min_group_size < 1:
         raise AuditError(f"--min-group-size must be at least 1, got {args.min_group_size}")
     if not 0 <= args.seed <= 2**32 - 1:
@@ -128,6 +146,13 @@ def _positive_label(frame: pd.DataFrame, args: argparse.Namespace) -> str:
             f"--positive-label {positive!r} is not a value of {args.y_true!r}; expected one of {observed}"
         )
     return positive
+
+
+def _negative_label(frame: pd.DataFrame, args: argparse.Namespace, positive: str) -> str:
+    """The other decision's name: the first value of y-true or y-pred that is not the positive one."""
+    values = pd.concat([frame[args.y_true], frame[args.y_pred]]).dropna().astype(str).str.strip()
+    others = sorted(set(values) - {positive})
+    return others[0] if others else f"not {positive}"
 
 
 def _binary(column: pd.Series, positive: str, name: str, path: str) -> np.ndarray:

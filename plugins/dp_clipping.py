@@ -108,6 +108,11 @@ def supports(model: nn.Module, sample: torch.Tensor) -> bool:
     return all(dim == 2 for _, dim in used) and len(used) == len(wanted) == len({m for m, _ in used})
 
 
+def clip_factors(norms: torch.Tensor, max_grad_norm: float) -> torch.Tensor:
+    """Per-sample scale min(1, C / (norm + 1e-6)), Opacus' formula; the one-run audit's canaries use it too."""
+    return (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+
+
 class BookKeepingClipper:
     """Records each Linear layer's input and output in the forward pass; ``backward`` writes clipped sums to .grad."""
 
@@ -145,7 +150,7 @@ class BookKeepingClipper:
             # |a|^2 |b|^2, plus |b|^2 for the bias
             sq_norms += (a_sq.add_(1.0) if layer.bias is not None else a_sq).mul_(b_sq)
         norms = sq_norms.sqrt()
-        factor = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)  # Opacus' own formula
+        factor = clip_factors(norms, self.max_grad_norm)
         for (layer, a, _), b in zip(seen, grads):
             scaled = b * factor.to(b.dtype).unsqueeze(1)
             layer.weight.grad = scaled.t().mm(a.detach()).to(layer.weight.dtype)

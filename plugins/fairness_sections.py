@@ -4,7 +4,8 @@ from it (metrics, tables, figures, notes, plain-language summary). Shared by the
 Payload (``Section.data``; numbers are plain floats, NaN as None)::
 
     {"target": "binary" | "multiclass", "num_classes": int, "min_group_size": int,
-     "intervals": {"method": "bootstrap" | "clopper-pearson", "level": 0.95, "resamples": int, "seed": int},
+     "intervals": {"method": "clopper-pearson" | "none", "level": 0.95 | None, "simultaneous": "bonferroni" | None},
+     "constant_predictions": None | {"class": str, "share": float, "rows": int, "by": "model" | "decisions"},
      "features": {feature: {"columns": [...], "groups": [...], "sizes": [...],
                             "rates": {rate: [per group]}, "rate_ci": {rate: [[low per group], [high per group]]},
                             "summaries": {name: value}, "summary_ci": {name: [low, high]}}},
@@ -13,6 +14,11 @@ Payload (``Section.data``; numbers are plain floats, NaN as None)::
      "baseline": None | {"summaries": {feature: {name: value}}},
      "postprocess": None | {"constraint", "feature", "status": "fitted" | "skipped" | "failed", "reason",
                             "accuracy", "summaries": {name: value}}}
+
+Per-group rate intervals are marginal exact (Clopper-Pearson) intervals at ``level``; each summary's interval is
+derived from intervals of the group rates it uses that hold simultaneously at ``level`` (Bonferroni), so it keeps
+its level at no gap (see ``fairness_metrics``). ``constant_predictions`` is set when (nearly) every audited row got
+one class (``audit.performance.predicts_one_class``): every gap is then near 0 whatever the model's fairness.
 
 A feature with a single group has empty ``summaries``: a gap over one group is 0 by arithmetic, not by fairness,
 so its summaries are left out and a gate on them fails closed.
@@ -27,12 +33,20 @@ import numpy as np
 import pandas as pd
 
 from audit.groups import group_labels, group_masks, group_metric, sensitive_features
-from audit.intervals import clopper_pearson
+from audit.intervals import clopper_pearson_arrays
+from audit.performance import dominant_prediction_share, predicts_one_class
 from audit.report import Figure, Section, Series, Table, clean_number, metric_segment
-from audit_plugins.fairness_metrics import RATES, SUMMARIES, GroupAudit, audit_groups
+from audit_plugins.fairness_metrics import (
+    INTERVAL_METHODS,
+    RATES,
+    SUMMARIES,
+    GroupAudit,
+    accuracy_summary_intervals,
+    audit_groups,
+)
 
 SECTION_ORDER = 40
-MIN_GROUP_SIZE, BOOTSTRAP = 30, 1000
+MIN_GROUP_SIZE, INTERVALS = 30, "exact"
 LEVEL = 0.95
 FIGURE_RATES = ("selection_rate", "tpr", "fpr")
 MITIGATIONS = {"reweight": "Kamiran-Calders reweighing"}
@@ -59,12 +73,11 @@ def audit_features(
     groups: pd.DataFrame,
     sensitive: Sequence[str],
     *,
-    n_boot: int,
-    seed: int,
+    intervals: str,
 ) -> dict[str, GroupAudit]:
     """One group audit per sensitive column and, with several, one of their intersection."""
     return {
-        feature: audit_groups(y_true, y_pred, group_labels(groups, columns), n_boot=n_boot, seed=seed)
+        feature: audit_groups(y_true, y_pred, group_labels(groups, columns), intervals=intervals, level=LEVEL)
         for feature, columns in sensitive_features(sensitive, intersection=True)
     }
 
@@ -75,20 +88,43 @@ def fairness_data(
     groups: pd.DataFrame,
     sensitive: Sequence[str],
     *,
-    n_boot: int,
-    seed: int,
+    intervals: str,
     min_group_size: int,
+    classes: Sequence[str] = ("negative", "positive"),
+    by: str = "model",
 ) -> dict[str, Any]:
-    """The section's payload for binary labels and decisions (1 = positive) and the groups of the same rows."""
+    """The section's payload for binary labels and decisions (1 = positive, named ``classes[1]``) and their groups."""
     features = {}
     for feature, columns in sensitive_features(sensitive, intersection=True):
-        audit = audit_groups(y_true, y_pred, group_labels(groups, columns), n_boot=n_boot, seed=seed)
+        audit = audit_groups(y_true, y_pred, group_labels(groups, columns), intervals=intervals, level=LEVEL)
         entry = {"columns": list(columns), **audit.to_data()}
         if not audit.comparable:
             entry["summaries"], entry["summary_ci"] = {}, {}
         features[feature] = entry
-    intervals = {"method": "bootstrap", "level": LEVEL, "resamples": n_boot, "seed": seed}
-    return _payload("binary", 2, min_group_size, intervals, features)
+    data = _payload("binary", 2, min_group_size, _interval_facts(intervals), features)
+    data["constant_predictions"] = constant_predictions(y_pred, classes, by)
+    return data
+
+
+def _interval_facts(intervals: str) -> dict[str, Any]:
+    if intervals not in INTERVAL_METHODS:
+        raise ValueError(f"intervals must be one of {INTERVAL_METHODS}, got {intervals!r}")
+    if intervals == "none":
+        return {"method": "none", "level": None, "simultaneous": None}
+    return {"method": "clopper-pearson", "level": LEVEL, "simultaneous": "bonferroni"}
+
+
+def constant_predictions(y_pred: np.ndarray, classes: Sequence[str], by: str) -> dict[str, Any] | None:
+    """The payload's ``constant_predictions``: the one class (nearly) every row got, its share; None otherwise."""
+    if not predicts_one_class(y_pred):
+        return None
+    dominant = int(np.bincount(np.asarray(y_pred, dtype=np.int64)).argmax())
+    return {
+        "class": str(classes[dominant]) if dominant < len(classes) else str(dominant),
+        "share": dominant_prediction_share(y_pred),
+        "rows": int(np.asarray(y_pred).size),
+        "by": by,
+    }
 
 
 def group_accuracy_data(
@@ -99,6 +135,8 @@ def group_accuracy_data(
     *,
     num_classes: int,
     min_group_size: int,
+    classes: Sequence[str] = (),
+    by: str = "model",
 ) -> dict[str, Any]:
     """The section's payload for a multiclass target: accuracy per group with exact intervals, the worst, the gap."""
     correct = y_true == y_pred
@@ -108,8 +146,9 @@ def group_accuracy_data(
         hits = [int(correct[mask].sum()) for _, mask in masks]
         sizes = [int(mask.sum()) for _, mask in masks]
         features[feature] = {"columns": list(columns), **_accuracy_entry([g for g, _ in masks], hits, sizes)}
-    intervals = {"method": "clopper-pearson", "level": LEVEL}
-    return _payload("multiclass", num_classes, min_group_size, intervals, features)
+    data = _payload("multiclass", num_classes, min_group_size, _interval_facts("exact"), features)
+    data["constant_predictions"] = constant_predictions(y_pred, classes, by)
+    return data
 
 
 def _payload(
@@ -120,6 +159,7 @@ def _payload(
         "num_classes": num_classes,
         "min_group_size": min_group_size,
         "intervals": intervals,
+        "constant_predictions": None,
         "features": features,
         "mitigation": None,
         "baseline": None,
@@ -129,20 +169,20 @@ def _payload(
 
 def _accuracy_entry(names: list[str], hits: list[int], sizes: list[int]) -> dict[str, Any]:
     accuracy = [h / n for h, n in zip(hits, sizes)]
-    bounds = [clopper_pearson(h, n) for h, n in zip(hits, sizes)]
+    low, high = clopper_pearson_arrays(np.array(hits), np.array(sizes), LEVEL)
     entry: dict[str, Any] = {
         "groups": names,
         "sizes": sizes,
         "rates": {"accuracy": accuracy},
-        "rate_ci": {"accuracy": [[low for low, _ in bounds], [high for _, high in bounds]]},
+        "rate_ci": {"accuracy": [[float(v) for v in low], [float(v) for v in high]]},
         "summaries": {},
         "summary_ci": {},
     }
     if len(names) >= 2:
-        # Ties in accuracy go to the group with fewer hits, then fewer rows: the wider, more cautious interval.
-        worst, worst_hits, worst_size = min(zip(accuracy, hits, sizes))
+        worst = min(accuracy)
         entry["summaries"] = {"worst_group_accuracy": worst, "accuracy_difference": max(accuracy) - worst}
-        entry["summary_ci"] = {"worst_group_accuracy": list(clopper_pearson(worst_hits, worst_size))}
+        bounds = accuracy_summary_intervals(np.array(hits), np.array(sizes), LEVEL)
+        entry["summary_ci"] = {name: list(bound) for name, bound in bounds.items()}
     return entry
 
 
@@ -153,12 +193,13 @@ def fairness_section(data: dict[str, Any]) -> Section:
     if not binary:
         section.notes.append(
             f"selection, TPR and FPR gaps need a binary target; this target has {data['num_classes']} classes, so "
-            "the section compares accuracy across groups (exact Clopper-Pearson 95% intervals)"
+            "the section compares accuracy across groups"
         )
     for feature, entry in data["features"].items():
         (_add_feature if binary else _add_accuracy_feature)(section, feature, entry, data["min_group_size"])
-    if binary:
-        section.notes.append(_interval_note(data["intervals"]))
+    if data.get("constant_predictions"):
+        section.warnings.insert(0, constant_warning(data["constant_predictions"]))
+    section.notes.append(_interval_note(data["intervals"]))
     if data["mitigation"] is not None:
         _add_mitigation(section, data["mitigation"])
     if data["baseline"] is not None:
@@ -187,7 +228,7 @@ def _add_feature(section: Section, feature: str, entry: dict[str, Any], min_grou
         section.tables.append(
             Table(
                 f"{feature}: summaries",
-                ["metric", "value", "95% low", "95% high"],
+                ["metric", "value", "95% low (simultaneous)", "95% high (simultaneous)"],
                 [[n, v, *entry["summary_ci"].get(n, (None, None))] for n, v in entry["summaries"].items()],
             )
         )
@@ -235,7 +276,7 @@ def _rates_table(feature: str, entry: dict[str, Any]) -> Table:
             else:
                 row.append(None if value is None else round(value, 4))
         rows.append(row)
-    return Table(f"{feature}: per-group rates (95% bootstrap interval)", ["group", "size", *RATES], rows)
+    return Table(f"{feature}: per-group rates (95% exact interval)", ["group", "size", *RATES], rows)
 
 
 def _rates_figure(feature: str, entry: dict[str, Any]) -> Figure:
@@ -252,9 +293,31 @@ def _fixed(value: float | None) -> str:
 
 
 def _interval_note(intervals: dict[str, Any]) -> str:
+    if intervals.get("method") == "bootstrap":  # a report written before issue 13, re-rendered
+        return (
+            f"intervals: percentile bootstrap, {intervals.get('resamples')} resamples (the method before issue 13: "
+            "its intervals of gaps miss the truth when the true gap is 0 or small)"
+        )
+    if intervals.get("method") != "clopper-pearson":
+        return "no intervals were computed (--fairness-intervals none); definitions follow Fairlearn's"
+    if intervals.get("simultaneous") is None:  # reports written before issue 13
+        return "intervals: exact Clopper-Pearson 95% intervals per group"
     return (
-        f"intervals: percentile bootstrap, {intervals['resamples']} multinomial resamples of the per-group confusion "
-        f"counts (equivalent to resampling rows), seed {intervals['seed']}; definitions follow Fairlearn's"
+        "intervals: each per-group rate has its exact Clopper-Pearson 95% interval (marginal: each covers its own "
+        "rate 95% of the time); each summary (gap, ratio, worst group) has a simultaneous 95% interval, the range "
+        "the summary takes when every group rate it uses lies in its exact interval at level 1 - 0.05/k (Bonferroni "
+        "over those k rates), so it keeps 95% coverage at any true gap, 0 included; definitions follow Fairlearn's"
+    )
+
+
+def constant_warning(constant: dict[str, Any]) -> str:
+    """The loud warning for (nearly) constant predictions: the gaps say nothing about fairness."""
+    who = "the model predicts" if constant["by"] == "model" else "the recorded decisions are"
+    return (
+        f"ONE-CLASS PREDICTIONS: {who} '{constant['class']}' for {constant['share']:.1%} of the "
+        f"{constant['rows']:,} audited rows: every gap below is (near) 0 because the "
+        f"{'model' if constant['by'] == 'model' else 'decision'} is constant, not because it is fair; these "
+        "fairness figures say nothing about fairness"
     )
 
 
@@ -344,6 +407,8 @@ def summary_lines(data: dict[str, Any]) -> list[str]:
         if binary
         else [f"The target has {data['num_classes']} classes, so groups are compared on accuracy."]
     )
+    if data.get("constant_predictions"):
+        lines.append(constant_warning(data["constant_predictions"]) + ".")
     for feature, entry in data["features"].items():
         if len(entry["groups"]) < 2:
             lines.append(_one_group_warning(feature, entry) + ".")

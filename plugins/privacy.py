@@ -18,8 +18,16 @@ from audit.groups import group_labels, group_masks, group_metric, sensitive_feat
 from audit.models import replace_batchnorm
 from audit.report import Figure, MetricSpec, Section, Series, Table
 from audit.training import make_optimizer
-from audit_plugins import dp_clipping
-from audit_plugins.membership_inference import MIN_SAMPLES, draw_sides, group_aucs, loss_attacks
+from audit_plugins import accounting, dp_audit, dp_canaries, dp_clipping, mia_reference
+from audit_plugins.membership_inference import (
+    ATTACKS,
+    CONFIDENCE,
+    MIN_SAMPLES,
+    draw_sides,
+    group_aucs,
+    loss_attacks,
+    per_attack_confidence,
+)
 
 TAGS = ("NIST AI RMF MEASURE 2.10", "EU AI Act Art. 10(5)")
 MIA_SAMPLES = 5000
@@ -28,7 +36,6 @@ DP_DEFAULT_LR = 3e-3
 # Seed offsets (primes) so the noise and the audit's row draws are streams of their own, not the training seed's.
 NOISE_SEED_OFFSET = 104729
 MIA_SEED_OFFSET = 15485863
-ACCOUNTANT_CODES = {"rdp": 0, "prv": 1}  # privacy.accountant is a number: metrics are numbers
 # Options that mean nothing without --dp, and the defaults they take with it.
 DP_ONLY_FLAGS = {
     "--epsilon": "epsilon",
@@ -37,15 +44,19 @@ DP_ONLY_FLAGS = {
     "--max-grad-norm": "max_grad_norm",
     "--accountant": "accountant",
     "--dp-baseline": "dp_baseline",
+    "--dp-audit": "dp_audit",
 }
-DP_DEFAULTS = {"max_grad_norm": 1.0, "accountant": "rdp"}
+DP_AUDIT_CANARIES = 1000  # per threat model; at least MIN_CANARIES (the smallest guess count, 5 per side)
+MIN_CANARIES = 10
+DP_DEFAULTS = {"max_grad_norm": 1.0, "accountant": accounting.DEFAULT_ACCOUNTANT}
 # Table headings -> payload keys.
 ATTACK_COLUMNS = {
     "attack": "name",
     "AUC": "auc",
     "TPR @ FPR 1%": "tpr_at_fpr_0.01",
     "TPR @ FPR 0.1%": "tpr_at_fpr_0.001",
-    "epsilon lower bound (95%)": "epsilon_lower_bound",
+    "epsilon lower bound": "epsilon_lower_bound",
+    "level": "confidence",
     "members": "members",
     "non-members": "nonmembers",
 }
@@ -76,7 +87,8 @@ class EpochPrivacy:
 class PrivacyState:
     """What DP-SGD keeps between hooks, in ``setup.artifacts["privacy"]`` (``ctx.artifacts`` after training)."""
 
-    accountant: Any  # an Opacus accountant; its history holds the steps actually taken
+    # an accountant with Opacus' interface (audit_plugins.accounting); its history holds the steps taken
+    accountant: Any
     accountant_name: str
     delta: float
     noise_multiplier: float
@@ -108,6 +120,8 @@ class PrivacyState:
             "steps": self.steps(),
             "planned_steps": self.planned_steps,
             "accountant": self.accountant_name,
+            # the same noise and steps under RDP, the loosest accountant and the former default: for comparison
+            "epsilon_rdp": accounting.epsilon_under("rdp", self.accountant.history, delta=self.delta),
             "target_epsilon": self.target_epsilon,
         }
 
@@ -129,9 +143,32 @@ def audit_cli_options() -> list[CliOption]:
         ),
         _train_option("--max-grad-norm", "per-sample gradient clipping norm [1.0]", type=float, default=None),
         _train_option("--delta", "delta [the power of ten below 1/N]", type=float, default=None),
-        _train_option("--accountant", "Opacus accountant [rdp]", choices=["rdp", "prv"], default=None),
+        _train_option(
+            "--accountant",
+            f"privacy accountant: pld (dp-accounting), prv or rdp (Opacus) [{accounting.DEFAULT_ACCOUNTANT}]",
+            choices=list(accounting.ACCOUNTANTS),
+            default=None,
+        ),
         _train_option(
             "--dp-baseline", "also train without DP and compare accuracy", action="store_true", default=False
+        ),
+        _train_option(
+            "--dp-audit",
+            "audit DP-SGD with canaries in one extra training run (Steinke et al. 2023)",
+            action="store_true",
+            default=False,
+        ),
+        _train_option(
+            "--dp-audit-canaries", f"canaries per threat model [{DP_AUDIT_CANARIES}]", type=int, default=None
+        ),
+        CliOption(
+            ("--mia-reference-models",),
+            dict(
+                type=int,
+                default=None,
+                help=f"reference models for the RMIA/LiRA attacks [{mia_reference.REFERENCE_MODELS} on tables, "
+                "0 on images; 0: off]",
+            ),
         ),
         CliOption(
             ("--mia-samples",),
@@ -149,6 +186,7 @@ def audit_configure(config: RunConfig) -> None:
     """Check the privacy options: DP-only options need --dp, and DP-SGD refuses what would void its guarantee."""
     if config.option("mia_samples", MIA_SAMPLES) < MIN_SAMPLES:
         raise AuditError(f"--mia-samples must be at least {MIN_SAMPLES}, got {config.option('mia_samples')}")
+    _check_audit_options(config)
     if not config.option("dp", False):
         config.refuse_without("--dp", DP_ONLY_FLAGS)
         return
@@ -179,6 +217,20 @@ def audit_configure(config: RunConfig) -> None:
         )
 
 
+def _check_audit_options(config: RunConfig) -> None:
+    """Reference-model count and canary count: in range, and the canaries only with --dp-audit."""
+    models = config.option("mia_reference_models")
+    if models is not None and not 0 <= models <= mia_reference.MAX_REFERENCE_MODELS:
+        raise AuditError(
+            f"--mia-reference-models must be between 0 and {mia_reference.MAX_REFERENCE_MODELS}, got {models}"
+        )
+    canaries = config.option("dp_audit_canaries")
+    if canaries is not None and not config.option("dp_audit", False):
+        raise AuditError("--dp-audit-canaries only applies with --dp-audit")
+    if canaries is not None and canaries < MIN_CANARIES:
+        raise AuditError(f"--dp-audit-canaries must be at least {MIN_CANARIES}, got {canaries}")
+
+
 @hookimpl
 def audit_config_defaults(config: RunConfig) -> dict[str, Any] | None:
     """DP-SGD's learning rate under --dp (a --lr the user gives still wins); nothing otherwise."""
@@ -202,25 +254,17 @@ def _checked_delta(delta: float | None, num_rows: int) -> float:
     return delta
 
 
-def _make_accountant(name: str) -> Any:
-    from opacus.accountants import PRVAccountant, RDPAccountant
-
-    return RDPAccountant() if name == "rdp" else PRVAccountant()
-
-
 def _noise_multiplier(config: RunConfig, delta: float, sample_rate: float, steps: int) -> float:
-    from opacus.accountants.utils import get_noise_multiplier
-
     if config.option("noise_multiplier") is not None:
         return config.option("noise_multiplier")
     # Calibrated for the planned steps, so stopping early can only spend less than --epsilon.
     try:
-        return get_noise_multiplier(
+        return accounting.calibrate_noise(
+            config.option("accountant"),
             target_epsilon=config.option("epsilon"),
-            target_delta=delta,
+            delta=delta,
             sample_rate=sample_rate,
             steps=steps,
-            accountant=config.option("accountant"),
         )
     except ValueError as exc:  # Opacus: "The privacy budget is too low." (no finite noise reaches it)
         raise AuditError(
@@ -311,7 +355,7 @@ def audit_prepare_training(setup: TrainingSetup) -> None:
     sampler = PoissonBatches(num_rows=num_rows, sample_rate=min(1.0, config.batch_size / num_rows))
     planned_steps = config.epochs * sampler.steps_per_epoch
     state = PrivacyState(
-        accountant=_make_accountant(config.option("accountant")),
+        accountant=accounting.make_accountant(config.option("accountant")),
         accountant_name=config.option("accountant"),
         delta=delta,
         noise_multiplier=_noise_multiplier(config, delta, sampler.sample_rate, planned_steps),
@@ -381,6 +425,7 @@ def audit_evaluate(ctx: EvalContext) -> Section | None:
     _render_data_uses(section)
     _render_training(section)
     _render_membership(section)
+    _render_dp_audit(section)
     _render_baseline(section)
     section.summary = summary_lines(section.data)
     return section
@@ -400,6 +445,9 @@ def privacy_payload(ctx: EvalContext) -> dict[str, Any]:
         "epsilon_total": _composed_epsilon(guarantee, uses),
         "membership_inference": membership_payload(ctx, delta),
         "dp_baseline": baseline_payload(ctx) if baseline else None,
+        "dp_audit": dp_audit_payload(ctx, state),
+        # a model trained elsewhere: whether DP was used is unknown, which is not "no DP"
+        "guarantee_known": guarantee is not None or ctx.training_known,
     }
 
 
@@ -417,7 +465,17 @@ def membership_payload(ctx: EvalContext, delta: float) -> dict[str, Any]:
     """Loss-based attacks on training rows (members) against test rows (non-members), overall and per group."""
     train_losses, held_losses = ctx.train_losses.numpy(), ctx.heldout_losses.numpy()
     payload: dict[str, Any] = dict(
-        delta=delta, skipped=None, attacks=[], headline_attack=None, epsilon_lower_bound=None, groups=[]
+        delta=delta,
+        skipped=None,
+        attacks=[],
+        headline_attack=None,
+        epsilon_lower_bound=None,
+        # the bound on the maximum over the attacks holds at `confidence`: each attack's at the Bonferroni share
+        confidence=CONFIDENCE,
+        per_attack_confidence=per_attack_confidence(CONFIDENCE, len(ATTACKS)),
+        attack_count=0,
+        groups=[],
+        reference_models=None,
     )
     if len(train_losses) == 0:
         return {**payload, "skipped": "the training rows are not known for this evaluation"}
@@ -426,9 +484,23 @@ def membership_payload(ctx: EvalContext, delta: float) -> dict[str, Any]:
     if len(members) < MIN_SAMPLES:
         return {**payload, "skipped": f"{len(members)} rows per side, fewer than the {MIN_SAMPLES} it needs"}
     y_train, y_test = ctx.dataset.train.y.numpy()[members], ctx.test_y.numpy()[nonmembers]
+    models = reference_model_count(ctx)
+    level = per_attack_confidence(CONFIDENCE, len(ATTACKS) + (len(mia_reference.ATTACKS) if models else 0))
     attacks = loss_attacks(
-        train_losses[members], y_train, held_losses[nonmembers], y_test, delta=delta, seed=ctx.seed
+        train_losses[members],
+        y_train,
+        held_losses[nonmembers],
+        y_test,
+        delta=delta,
+        seed=ctx.seed,
+        confidence=level,
     )
+    reference = None
+    if models:  # offline RMIA and LiRA: K reference models trained on rows that are never audited
+        more, reference = _reference_attacks(
+            ctx, members, nonmembers, models=models, delta=delta, level=level
+        )
+        attacks += more
     groups = []
     for feature, columns in sensitive_features(ctx.dataset.sensitive):
         member_groups = group_labels(ctx.dataset.train.groups, columns)[members]
@@ -438,10 +510,58 @@ def membership_payload(ctx: EvalContext, delta: float) -> dict[str, Any]:
     return {
         **payload,
         "attacks": [attack.to_dict() for attack in attacks],
+        "attack_count": len(attacks),
+        "per_attack_confidence": level,
+        "reference_models": reference,  # K, rows per model, seconds; None when off
         "headline_attack": max(attacks, key=lambda a: a.auc).name,
         "epsilon_lower_bound": max(a.epsilon_lower_bound for a in attacks),
         "groups": groups,  # the loss-threshold attack within each sensitive group
     }
+
+
+def _reference_attacks(
+    ctx: EvalContext, members: np.ndarray, nonmembers: np.ndarray, *, models: int, delta: float, level: float
+) -> tuple[list[Any], dict[str, Any]]:
+    return mia_reference.reference_attacks(
+        config=ctx.config,
+        dataset=ctx.dataset,
+        target=ctx.model,
+        members=members,
+        nonmembers=nonmembers,
+        models=models,
+        device=ctx.device,
+        delta=delta,
+        seed=ctx.seed,
+        confidence=level,
+    )
+
+
+def reference_model_count(ctx: EvalContext) -> int:
+    """--mia-reference-models, else 8 on tables and 0 on images; 0 for a model trained elsewhere (recipe unknown)."""
+    if not ctx.training_known:
+        return 0
+    models = ctx.config.option("mia_reference_models")
+    if models is None:
+        return mia_reference.REFERENCE_MODELS if ctx.dataset.kind == "tabular" else 0
+    return models
+
+
+def dp_audit_payload(ctx: EvalContext, state: PrivacyState | None) -> dict[str, Any] | None:
+    """The one-run DP-SGD audit (--dp-audit): a separate DP-SGD run with canaries, through this plugin's own path."""
+    if not ctx.config.option("dp_audit", False):
+        return None
+    if state is None or ctx.training is None:
+        return {"skipped": "it needs this run's DP-SGD training ('audit train --dp --dp-audit')"}
+    return dp_canaries.audit_payload(
+        config=ctx.config,
+        dataset=ctx.dataset,
+        device=ctx.device,
+        guarantee=state.guarantee(),
+        prepare=audit_prepare_training,
+        finish=audit_after_training,
+        count=ctx.config.option("dp_audit_canaries") or DP_AUDIT_CANARIES,
+        confidence=CONFIDENCE,
+    )
 
 
 def baseline_payload(ctx: EvalContext) -> dict[str, Any]:
@@ -476,19 +596,33 @@ def baseline_payload(ctx: EvalContext) -> dict[str, Any]:
     }
 
 
+UNKNOWN_TRAINING = (
+    "differential privacy unknown: the model was trained outside rai-audit, so no guarantee can be stated "
+    "(nor its absence)"
+)
+
+
 def _render_guarantee(section: Section) -> None:
     guarantee = section.data["guarantee"]
     if not guarantee:
-        section.notes.append("no differential-privacy guarantee: the model was trained without DP-SGD")
+        section.notes.append(
+            "no differential-privacy guarantee: the model was trained without DP-SGD"
+            if section.data.get("guarantee_known", True)
+            else UNKNOWN_TRAINING
+        )
         return
     for key in ("epsilon", "delta", "noise_multiplier", "max_grad_norm", "sample_rate", "steps"):
         section.add_metric(key, guarantee[key])
-    section.add_metric("accountant", ACCOUNTANT_CODES[guarantee["accountant"]])
-    section.notes.append(
-        f"(epsilon, delta) = ({guarantee['epsilon']:.4g}, {guarantee['delta']:g}) from Opacus' "
-        f"{guarantee['accountant'].upper()} accountant over the {guarantee['steps']} steps actually taken "
-        f"(planned {guarantee['planned_steps']}); privacy.accountant: 0 = rdp, 1 = prv"
+    name = guarantee["accountant"]
+    note = (
+        f"(epsilon, delta) = ({guarantee['epsilon']:.4g}, {guarantee['delta']:g}) from "
+        f"{accounting.LABELS.get(name, name)} accountant over the {guarantee['steps']} steps actually taken "
+        f"(planned {guarantee['planned_steps']})"
     )
+    if guarantee.get("epsilon_rdp") is not None:  # older model files lack it
+        section.add_metric("epsilon_rdp", guarantee["epsilon_rdp"])
+        note += f"; Opacus' RDP accountant gives epsilon {guarantee['epsilon_rdp']:.4g} for the same noise and steps"
+    section.notes.append(note)
     section.notes.append(
         "the guarantee covers the training rows; the validation rows chose the kept epoch and are not covered; "
         "noise comes from a seeded PRNG (Opacus secure_mode off), fine for audits, not for production releases"
@@ -560,11 +694,44 @@ def _render_membership(section: Section) -> None:
     title = "Membership-inference attacks (members: training rows; non-members: test rows)"
     section.tables.append(_table(title, ATTACK_COLUMNS, mia["attacks"]))
     section.notes.append(
-        f"headline MIA figures are the strongest attack's ({best['name']}); the epsilon lower bound holds with 95% "
-        "confidence (threshold chosen on half the rows, Clopper-Pearson bounds on the other half, "
-        f"delta {mia['delta']:g})"
+        f"headline MIA figures are the strongest attack's ({best['name']}); the epsilon lower bound, the largest "
+        f"over the {mia['attack_count']} attacks, holds with {mia['confidence']:.0%} confidence: each attack's "
+        f"bound is at {mia['per_attack_confidence']:.1%} (Bonferroni), threshold chosen on half the rows, "
+        f"Clopper-Pearson bounds on the other half, delta {mia['delta']:g}"
     )
     _render_membership_groups(section, mia["groups"])
+
+
+def _render_dp_audit(section: Section) -> None:
+    audit = section.data.get("dp_audit")
+    if audit is None:
+        return
+    if audit["skipped"]:
+        section.notes.append(f"one-run DP-SGD audit skipped: {audit['skipped']}")
+        return
+    section.add_metric("audit.epsilon_lower_bound", audit["epsilon_lower_bound"])
+    section.add_metric("audit.epsilon_lower_bound.whitebox", audit["whitebox"]["epsilon_lower_bound"])
+    section.add_metric("audit.epsilon_lower_bound.blackbox", audit["blackbox"]["epsilon_lower_bound"])
+    section.add_metric("audit.canaries", audit["canaries"])
+    section.add_metric("audit.confidence", audit["confidence"])
+    section.figures.append(dp_audit.bound_figure(audit))
+    rows = [
+        [
+            dp_audit.THREAT_MODELS[k],
+            audit[k]["canaries"],
+            audit[k]["included"],
+            audit[k]["epsilon_lower_bound"],
+        ]
+        for k in ("whitebox", "blackbox")
+    ]
+    columns = ["threat model", "canaries", "included (coin = 1)", "epsilon lower bound"]
+    section.tables.append(Table("One-run DP-SGD audit (Steinke, Nasr and Jagielski 2023)", columns, rows))
+    section.notes.append(dp_audit.method_note(audit))
+    if audit["epsilon_lower_bound"] > audit["accountant_epsilon"]:
+        section.warnings.append(
+            f"the one-run audit proves epsilon >= {audit['epsilon_lower_bound']:.3g}, above the accountant's "
+            f"{audit['accountant_epsilon']:.4g}: DP-SGD's clipping, noise or accounting is broken"
+        )
 
 
 def _render_membership_groups(section: Section, groups: list[dict[str, Any]]) -> None:
@@ -597,8 +764,15 @@ def summary_lines(data: dict[str, Any]) -> list[str]:
         lines = [
             f"Trained with DP-SGD: (epsilon, delta) = ({guarantee['epsilon']:.4g}, {guarantee['delta']:g}) over "
             f"{guarantee['steps']} steps, noise multiplier {guarantee['noise_multiplier']:.3g}, clipping norm "
-            f"{guarantee['max_grad_norm']:g}, {guarantee['accountant'].upper()} accountant."
+            f"{guarantee['max_grad_norm']:g}, {guarantee['accountant'].upper()} accountant"
+            + (
+                f" (RDP would state epsilon {guarantee['epsilon_rdp']:.4g})."
+                if guarantee.get("epsilon_rdp") is not None and guarantee["accountant"] != "rdp"
+                else "."
+            )
         ]
+    elif not data.get("guarantee_known", True):
+        lines = [UNKNOWN_TRAINING[:1].upper() + UNKNOWN_TRAINING[1:] + "."]
     else:
         lines = ["Trained without differential privacy: no formal guarantee."]
     lines += [
@@ -611,6 +785,8 @@ def summary_lines(data: dict[str, Any]) -> list[str]:
             f"Total epsilon with the privatised data uses (basic composition): {data['epsilon_total']:.4g}."
         )
     lines.append(_membership_line(data["membership_inference"], guarantee))
+    if data.get("dp_audit") is not None:
+        lines.append(dp_audit.summary_line(data["dp_audit"]))
     baseline = data["dp_baseline"]
     if baseline is not None:
         lines.append(
@@ -629,9 +805,11 @@ def _membership_line(mia: dict[str, Any], guarantee: dict[str, Any] | None) -> s
         f"rows with AUC {best['auc']:.3f} (0.5 is chance, 1 tells every row apart)"
     )
     bound = mia["epsilon_lower_bound"]
+    # older reports bounded each attack at 95% (their maximum only at ~90%): they carry no level
+    level = f"{mia['confidence']:.0%} confidence" if "confidence" in mia else "95% confidence per attack"
     if not bound > 0:
-        return line + "; no attack proves any leakage at 95% confidence."
-    line += f"; the attacks prove epsilon >= {bound:.3g} at 95% confidence"
+        return line + f"; no attack proves any leakage at {level}."
+    line += f"; the attacks prove epsilon >= {bound:.3g} at {level}"
     if guarantee is None:
         return line + "."
     # A sound DP-SGD run keeps the proven bound below its guarantee (but for the 5% the confidence allows).
@@ -649,8 +827,14 @@ METRIC_SPECS = (
         "privacy.epsilon",
         False,
         "epsilon",
-        "DP-SGD privacy loss over the steps taken (accountant)",
+        "DP-SGD privacy loss over the steps taken (the run's accountant: data.guarantee.accountant)",
         headline=True,
+    ),
+    _spec(
+        "privacy.epsilon_rdp",
+        False,
+        "epsilon",
+        "Epsilon of the same noise and steps under Opacus' RDP accountant (looser; for comparison)",
     ),
     _spec("privacy.epsilon_total", False, "epsilon", "DP-SGD plus privatised data uses, basic composition"),
     _spec("privacy.delta", False, "probability", "DP failure probability"),
@@ -668,7 +852,7 @@ METRIC_SPECS = (
         "privacy.empirical_epsilon_lower_bound",
         False,
         "epsilon",
-        "Epsilon the attacks prove, at 95% confidence",
+        "Epsilon the attacks prove, at 95% confidence over all attacks (Bonferroni)",
     ),
     _spec("privacy.accuracy_cost", False, "fraction", "Test accuracy lost to DP-SGD"),
     _spec(
@@ -685,7 +869,6 @@ METRIC_SPECS = (
         "Poisson sampling rate q (expected batch over training rows)",
     ),
     _spec("privacy.steps", None, "steps", "DP-SGD steps taken (what epsilon is accounted over)"),
-    _spec("privacy.accountant", None, "code", "Accountant: 0 = RDP, 1 = PRV"),
     _spec(
         "privacy.clip_rate_last_epoch",
         None,
@@ -699,6 +882,27 @@ METRIC_SPECS = (
         "Membership-inference AUC (loss threshold) within one sensitive group",
         former_names=("privacy.mia_auc.*.*",),
     ),
+    _spec(
+        "privacy.audit.epsilon_lower_bound",
+        False,
+        "epsilon",
+        "One-run DP-SGD audit (--dp-audit): epsilon the canaries prove, the larger of the two threat models'; "
+        "holds at privacy.audit.confidence",
+    ),
+    _spec(
+        "privacy.audit.epsilon_lower_bound.whitebox",
+        False,
+        "epsilon",
+        "One-run audit, gradient canaries, every noisy update seen; holds at 1 - (1 - confidence) / 2",
+    ),
+    _spec(
+        "privacy.audit.epsilon_lower_bound.blackbox",
+        False,
+        "epsilon",
+        "One-run audit, input canaries scored by the final model's loss; holds at 1 - (1 - confidence) / 2",
+    ),
+    _spec("privacy.audit.canaries", None, "canaries", "Gradient canaries in the one-run audit (white-box)"),
+    _spec("privacy.audit.confidence", None, "probability", "Confidence of privacy.audit.epsilon_lower_bound"),
 )
 
 

@@ -653,7 +653,8 @@ def _adv_train_tables(data: dict[str, Any]) -> list[Table]:
 
 def summarise(data: dict[str, Any]) -> list[str]:
     """Plain-language findings from the payload, for the model card and the terminal."""
-    lines = [
+    lines = [_lead_line(data)] if data["attacks"] else []
+    lines += [
         f"{data['samples']} seeded test rows were attacked; their clean accuracy is "
         f"{_fraction(data['clean_accuracy'])} (95% interval {_span(data['clean_ci_low'], data['clean_ci_high'])}). "
         f"Epsilon ({data['eps_unit']}) is measured in {data['unit']}."
@@ -665,6 +666,30 @@ def summarise(data: dict[str, Any]) -> list[str]:
     if data["adv_train"] is not None:
         lines.append(_adv_train_line(data["adv_train"]))
     return lines
+
+
+def _lead_line(data: dict[str, Any]) -> str:
+    """The finding a reader needs first: how often the strongest attack flips a prediction at the middle epsilon."""
+    i = len(data["eps"]) // 2
+    # on a tie the attack listed last wins: the default list puts FGSM before the stronger PGD
+    attack = min(
+        reversed(list(data["attacks"])), key=lambda a: data["attacks"][a]["robust_accuracy"][i] or 0.0
+    )
+    curve = data["attacks"][attack]
+    size = (
+        "standard deviations of each numeric feature"
+        if data["eps_unit"] == EPS_UNITS["tabular"]
+        else data["eps_unit"]
+    )
+    name = attack_name(attack, data["pgd_steps"], data["random_start"])
+    where = f"under a perturbation of {data['eps'][i]:g} {size}, found by {name}"
+    if not curve["attack_success_rate"][i]:
+        return f"No prediction of the model changes {where}; accuracy stays {_fraction(curve['robust_accuracy'][i])}."
+    return (
+        f"The model's prediction changes for {curve['attack_success_rate'][i]:.0%} of the rows it classified "
+        f"correctly {where}; accuracy {_fraction(data['clean_accuracy'])} falls to "
+        f"{_fraction(curve['robust_accuracy'][i])}."
+    )
 
 
 def _fraction(value: float | None) -> str:

@@ -136,3 +136,35 @@ def run_audit(*args: object, env: dict[str, str] | None = None) -> subprocess.Co
     return subprocess.run(
         [sys.executable, "-m", "audit.cli", *map(str, args)], capture_output=True, text=True, env=env
     )
+
+
+def make_mixed_table(
+    n: int, *, numeric: int, categorical: int, positive_rate: float = 0.3, signal: float = 1.6, seed: int = 0
+) -> pd.DataFrame:
+    """A table with a logistic ground truth over mixed columns (so a LogisticRegression is a fair reference).
+
+    Numeric columns have mixed scales and some are skewed; categorical ones have 2-5 levels; a third of the
+    columns carry no signal; the target ``target`` ("bad"/"good") is drawn from the logistic probabilities
+    (the noise), with an intercept that gives ``positive_rate`` "bad" rows; ``signal`` is the logit's spread."""
+    rng = np.random.default_rng(seed)
+    columns, logit = {}, np.zeros(n)
+    for j in range(numeric):
+        z = rng.normal(0, 1, n)
+        raw = np.exp(z) if j % 3 == 2 else z
+        scale = [1.0, 10.0, 1000.0, 0.1][j % 4]
+        columns[f"num{j}"] = np.round(raw * scale + 5 * scale, 3)
+        weight = rng.normal(0, 0.8) if j < max(2, numeric * 2 // 3) else 0.0
+        logit += weight * (raw - raw.mean()) / raw.std()
+    for j in range(categorical):
+        levels = int(rng.integers(2, 6))
+        idx = rng.choice(levels, n, p=rng.dirichlet(np.full(levels, 2.0)))
+        columns[f"cat{j}"] = np.array([f"c{j}_{v}" for v in range(levels)])[idx]
+        effect = rng.normal(0, 0.6, levels) if j < max(1, categorical * 2 // 3) else np.zeros(levels)
+        logit += effect[idx]
+    logit = signal * (logit - logit.mean()) / logit.std()
+    lo, hi = -10.0, 10.0  # bisect the intercept for the wanted share of positives
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if (1 / (1 + np.exp(-(logit + mid)))).mean() < positive_rate else (lo, mid)
+    positive = rng.random(n) < 1 / (1 + np.exp(-(logit + lo)))
+    return pd.DataFrame({**columns, "target": np.where(positive, "bad", "good")})

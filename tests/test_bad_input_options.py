@@ -57,7 +57,7 @@ def decisions_csv(tmp_path):
         (["--sensitive", ""], "--sensitive names no column"),
         (["--sensitive", "nope"], "no sensitive column 'nope'"),
         (["--sensitive", "sex", "--seed", "-1"], "--seed must be in"),
-        (["--sensitive", "sex", "--bootstrap", "-3"], "--bootstrap must be 0 or more"),
+        (["--sensitive", "sex", "--bootstrap", "-3"], "--bootstrap was removed"),
         (["--sensitive", "sex", "--min-group-size", "0"], "--min-group-size must be at least 1"),
         (["--sensitive", "sex", "--y-pred", "age"], "distinct values; expected two"),
         (["--sensitive", "sex", "--positive-label", "maybe"], "--positive-label 'maybe' is not a value"),

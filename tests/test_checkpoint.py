@@ -215,3 +215,52 @@ def test_a_file_holding_code_objects_is_not_unpickled(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"format": MODEL_FORMAT, "payload": Payload()}, path)
     assert f"model file {path} could not be read (" in one_line_error(load_checkpoint, str(path))
+
+
+# --- a model trained elsewhere ------------------------------------------------------------------------------------
+
+
+def test_a_state_dict_loads_exactly_or_names_what_does_not_fit(tmp_path):
+    from audit.checkpoint import load_state_dict_file, load_weights
+
+    source = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    torch.save(source.state_dict(), tmp_path / "w.pt")
+    state = load_state_dict_file(str(tmp_path / "w.pt"))
+    target = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    loaded = load_weights(target, state, path="w.pt", factory="m:f")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), source.state_dict().values()))
+    assert not loaded.training
+    other = torch.nn.Sequential(
+        torch.nn.Linear(3, 5), torch.nn.ReLU(), torch.nn.Linear(5, 2), torch.nn.Linear(2, 2)
+    )
+    with pytest.raises(AuditError) as refused:
+        load_weights(other, state, path="w.pt", factory="m:f")
+    message = str(refused.value)
+    assert "lacks 3.weight, 3.bias" in message and "0.weight (4, 3) where the model has (5, 3)" in message
+
+
+def test_a_program_file_is_told_apart_by_its_archive(tmp_path):
+    from audit.checkpoint import program_kind
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    torch.jit.script(model).save(str(tmp_path / "ts.pt"))
+    torch.export.save(torch.export.export(model, (torch.zeros(2, 3),)), tmp_path / "ep.pt2")
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    assert program_kind(str(tmp_path / "ts.pt")) == "torchscript"
+    assert program_kind(str(tmp_path / "ep.pt2")) == "export"
+    with pytest.raises(AuditError, match="neither a TorchScript archive"):
+        program_kind(str(tmp_path / "w.pt"))
+
+
+@pytest.mark.parametrize(
+    "values, external",
+    [
+        ({"model_path": "runs/x/model.pt"}, False),
+        ({"model_path": "pkg.mod:factory", "weights": "w.pt", "features_ready": True, "data": "d.csv"}, True),
+        ({"program": "p.pt2", "features_ready": True, "data": "d.csv"}, True),
+    ],
+)
+def test_evaluate_tells_a_saved_model_from_one_trained_elsewhere(values, external):
+    from audit.checkpoint import is_external
+
+    assert is_external(RunConfig(command="evaluate", **values)) is external

@@ -1,12 +1,16 @@
 """The CLI end to end: the main job, evaluate, report, plugins, and one clear line for bad input."""
 
+import argparse
 import json
+import re
 import subprocess
 import sys
+from importlib import metadata
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_loans, read_report
+from tests.conftest import make_loans, read_report, run_audit
 
 REQUIRED = [
     "performance.accuracy",
@@ -357,3 +361,142 @@ def test_benign_library_warnings_are_filtered_without_quiet(tmp_path):
     assert loud.returncode == 0, loud.stderr
     assert "Warning" not in loud.stderr, loud.stderr
     assert "efficiency." in loud.stdout
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """One tiny trained run and its data, shared by the tests of the commands that read a report or a model."""
+    from audit.cli import main
+
+    root = tmp_path_factory.mktemp("trained")
+    make_loans().to_csv(root / "loans.csv", index=False)
+    args = [
+        "train",
+        "--data",
+        root / "loans.csv",
+        "--target",
+        "defaulted",
+        "--epochs",
+        "1",
+        "--out",
+        root / "run",
+    ]
+    assert main([str(a) for a in [*args, "-q"]]) == 0
+    return root
+
+
+def written_paths(stdout: str) -> list[Path]:
+    """The files the one ``wrote ...`` line names (``folder/{a, b}`` groups, separated by '; ')."""
+    lines = [line for line in stdout.splitlines() if line.startswith("wrote ")]
+    assert len(lines) == 1, stdout
+    paths: list[Path] = []
+    for part in lines[0][len("wrote ") :].split("; "):
+        grouped = re.fullmatch(r"(.*)/\{(.*)\}", part)
+        paths += [Path(grouped[1]) / n for n in grouped[2].split(", ")] if grouped else [Path(part)]
+    return paths
+
+
+def _decisions_csv(folder: Path) -> Path:
+    frame = make_loans()
+    frame["approved"] = frame["income"].fillna(50).gt(50).map({True: "yes", False: "no"})
+    frame.to_csv(folder / "decisions.csv", index=False)
+    return folder / "decisions.csv"
+
+
+def test_version_prints_the_package_version():
+    result = run_audit("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"audit (rai-audit) {metadata.version('rai-audit')}"
+
+
+def test_train_help_groups_options_by_the_plugin_that_declared_them():
+    from audit.plugins import get_plugin_manager
+
+    text = run_audit("train", "--help").stdout
+    core = text.split("\ncore options:\n")[1].split("\n\n")[0]
+    assert "--epochs" in core and "--mlflow" in core and "--dp " not in core
+    declared = 0
+    for impl in get_plugin_manager().hook.audit_cli_options.get_hookimpls():
+        # a flag kept only to refuse it with a pointer to its replacement is hidden from --help
+        options = [
+            o
+            for o in impl.function() or []
+            if "train" in o.commands and o.kwargs.get("help") != argparse.SUPPRESS
+        ]
+        if options:
+            declared += 1
+            group = text.split(f"\n{impl.plugin_name} (plugin options):\n")[1].split("\n\n")[0]
+            assert all(o.flags[0] in group for o in options), (impl.plugin_name, group)
+    assert declared >= 3  # privacy, fairness, robustness
+
+
+def test_every_subcommand_takes_quiet_and_says_nothing(cli, trained_run, tmp_path):
+    report = trained_run / "run" / "report.json"
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("rules:\n  - performance.accuracy >= 0.1\n")
+    data = _decisions_csv(tmp_path)
+    silent = {
+        "evaluate": ["--model", trained_run / "run" / "model.pt", "--data", trained_run / "loans.csv"],
+        "report": [report, "--out", tmp_path / "rendered"],
+        "gate": [report, "--policy", policy],
+        "verify": [report],
+        "keygen": ["--out", tmp_path / "keys"],
+        "decisions": ["--data", data, "--y-true", "defaulted", "--y-pred", "approved", "--sensitive", "sex"],
+    }
+    for command, args in silent.items():
+        out = ["--out", tmp_path / command] if command in ("evaluate", "decisions") else []
+        result = cli(command, *args, *out, "--quiet")
+        assert (result.code, result.out, result.err) == (0, "", ""), command
+    assert sorted(p.name for p in (tmp_path / "rendered").iterdir()) == [
+        "model_card.md",
+        "report.html",
+        "report.md",
+    ]
+    # the answer of these commands is their output: --quiet is accepted and leaves it
+    for args in (["metrics", report], ["diff", report, report, "--all"], ["plugins"]):
+        result = cli(*args, "--quiet")
+        assert result.code == 0 and result.out, args
+
+
+def test_the_end_of_run_line_names_every_file_written(cli, trained_run, tmp_path):
+    run = tmp_path / "run"
+    result = cli(
+        "train", "--data", trained_run / "loans.csv", "--target", "defaulted", "--epochs", "1", "--out", run
+    )
+    assert result.code == 0, result.err
+    assert f"wrote {run}/{{model.pt, report.json, report.html, report.md, model_card.md}}" in result.out
+    assert sorted(written_paths(result.out)) == sorted(p for p in run.iterdir())
+    evaluated = tmp_path / "eval"
+    result = cli(
+        "evaluate", "--model", run / "model.pt", "--data", trained_run / "loans.csv", "--out", evaluated
+    )
+    assert sorted(written_paths(result.out)) == sorted(evaluated.iterdir())  # no model.pt: none written
+    result = cli("report", run / "report.json", "--format", "md", "--out", tmp_path / "again.md")
+    assert written_paths(result.out) == [tmp_path / "again.md"]
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("rules:\n  - performance.accuracy >= 0.1\n")
+    result = cli(
+        "gate", run / "report.json", "--policy", policy, "--write-report", "--junit", tmp_path / "g.xml"
+    )
+    assert result.code == 0, result.err
+    names = [p.name for p in written_paths(result.out)]
+    assert names == ["report.json", "report.html", "report.md", "model_card.md", "g.xml"]  # model.pt is kept
+    result = cli("keygen", "--out", tmp_path / "keys")
+    assert sorted(written_paths(result.out)) == sorted((tmp_path / "keys").iterdir())
+    data = _decisions_csv(tmp_path)
+    decided = tmp_path / "decided"
+    args = [
+        "--data",
+        data,
+        "--y-true",
+        "defaulted",
+        "--y-pred",
+        "approved",
+        "--sensitive",
+        "sex",
+        "--out",
+        decided,
+    ]
+    result = cli("decisions", *args)
+    assert result.code == 0, result.err
+    assert sorted(written_paths(result.out)) == sorted(decided.iterdir())

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 import pytest
 
 from audit.config import (
+    DEFAULT_PATIENCE,
     LARGE_BATCH,
     LARGE_BATCH_ROWS,
+    MAX_EPOCHS,
+    MIN_EPOCHS,
+    MIN_STEPS,
+    PATIENCE_STEPS,
     CliOption,
     RunConfig,
     build_config,
@@ -61,7 +67,8 @@ def test_list_type_through_a_real_parser_gives_one_error():
 @pytest.mark.parametrize(
     ("rows", "batch", "lr"),
     [
-        (100, 256, 1e-3),
+        (100, 16, 1e-3),
+        (720, 64, 1e-3),
         (LARGE_BATCH_ROWS - 1, 256, 1e-3),
         (LARGE_BATCH_ROWS, LARGE_BATCH, 3e-3),
         (100_000, LARGE_BATCH, 3e-3),
@@ -74,6 +81,72 @@ def test_core_defaults_are_keyed_to_training_rows(rows, batch, lr):
     assert config.sources["batch_size"] == f"default for {rows} training rows"
     assert config.sources["lr"] == f"default for batch size {batch}"
     assert config.resolved
+
+
+@pytest.mark.parametrize("rows", [20, 100, 420, 720, 5_000, 14_000, LARGE_BATCH_ROWS, 29_305, 100_000])
+def test_default_epochs_give_the_step_budget(rows):
+    config = RunConfig()
+    config.resolve(train_rows=rows, plugin_defaults={})
+    steps = math.ceil(rows / config.batch_size)
+    assert MIN_EPOCHS <= config.epochs <= MAX_EPOCHS
+    # enough steps, unless capped; and no more epochs than the budget needs (beyond the floor)
+    assert config.epochs * steps >= MIN_STEPS or config.epochs == MAX_EPOCHS
+    assert config.epochs == MIN_EPOCHS or (config.epochs - 1) * steps < MIN_STEPS
+    assert config.patience >= DEFAULT_PATIENCE and config.patience * steps >= PATIENCE_STEPS
+    assert config.sources["epochs"].startswith(
+        f"default for {rows} training rows at batch {config.batch_size}"
+    )
+
+
+def test_adult_sized_tables_keep_the_tuned_defaults():
+    config = RunConfig()
+    config.resolve(train_rows=29_305, plugin_defaults={})  # Adult's training split
+    assert (config.batch_size, config.lr, config.epochs, config.patience) == (LARGE_BATCH, 3e-3, 10, 3)
+    assert "patience" not in config.sources  # the built-in 3 epochs already cover the patience in steps
+
+
+def test_a_small_table_gets_smaller_batches_and_more_epochs():
+    config = RunConfig()
+    config.resolve(train_rows=720, plugin_defaults={})  # a 1,000-row table's training split
+    assert (config.batch_size, config.epochs, config.patience) == (64, 21, 7)  # 12 steps an epoch
+    assert (
+        config.sources["patience"] == "default for 12 steps an epoch: at least 80 steps without improvement"
+    )
+
+
+@pytest.mark.parametrize(
+    ("given", "value"), [("epochs", 3), ("patience", 3), ("patience", None), ("batch_size", 256)]
+)
+def test_user_given_schedule_values_win(given, value):
+    config = RunConfig(**{given: value}, sources={given: "command line"})
+    config.resolve(train_rows=720, plugin_defaults={})
+    assert getattr(config, given) == value and config.sources[given] == "command line"
+
+
+def test_epochs_follow_a_user_given_batch_size():
+    config = RunConfig(batch_size=256, sources={"batch_size": "command line"})
+    config.resolve(train_rows=720, plugin_defaults={})
+    assert config.epochs == math.ceil(MIN_STEPS / 3)  # 3 steps an epoch
+    assert config.patience == math.ceil(PATIENCE_STEPS / 3)
+
+
+def test_plugin_default_epochs_beat_the_core_rule():
+    config = RunConfig()
+    config.resolve(
+        train_rows=720, plugin_defaults={"epochs": (4, "someplugin"), "patience": (2, "someplugin")}
+    )
+    assert (config.epochs, config.patience) == (4, 2)
+    assert config.sources["epochs"] == config.sources["patience"] == "plugin someplugin"
+
+
+def test_warmup_beyond_the_default_epochs_is_refused_at_resolve():
+    config = build_config(
+        {"schedule": "cosine", "warmup_epochs": 40}, {}, sources={"warmup_epochs": "command line"}
+    )
+    with pytest.raises(
+        AuditError, match=r"^--warmup-epochs must be below the epochs, got 40 with 21 epochs$"
+    ):
+        config.resolve(train_rows=720, plugin_defaults={})
 
 
 def test_core_lr_follows_a_user_given_batch_size():
@@ -90,9 +163,9 @@ def test_core_lr_follows_a_user_given_batch_size():
 def test_plugin_default_beats_the_core_default():
     config = RunConfig()
     config.resolve(train_rows=100, plugin_defaults={"lr": (3e-3, "privacy")})
-    assert config.lr == 3e-3  # the core's default at batch 256 would be 1e-3
+    assert config.lr == 3e-3  # the core's default at batch 16 would be 1e-3
     assert config.sources["lr"] == "plugin privacy"
-    assert config.batch_size == 256
+    assert config.batch_size == 16
 
 
 @pytest.mark.parametrize("source", ["command line", "config file run.yaml"])
@@ -118,10 +191,9 @@ def test_api_given_lr_beats_a_plugin_default():
 def test_resolve_runs_once():
     config = RunConfig()
     config.resolve(train_rows=100, plugin_defaults={})
-    before = (config.batch_size, config.lr, dict(config.sources))
+    before = (config.batch_size, config.lr, config.epochs, config.patience, dict(config.sources))
     config.resolve(train_rows=100_000, plugin_defaults={"lr": (0.5, "other"), "epochs": (99, "other")})
-    assert (config.batch_size, config.lr, config.sources) == before
-    assert config.epochs == 10
+    assert (config.batch_size, config.lr, config.epochs, config.patience, config.sources) == before
 
 
 def test_set_from_records_each_value():
@@ -235,7 +307,7 @@ def test_to_dict_excludes_sources_and_is_json_able():
     data = config.to_dict()
     assert "sources" not in data and "resolved" not in data
     assert data["sensitive"] == ["sex"] and data["options"] == {"dp": True}
-    assert data["batch_size"] == 256 and data["lr"] == 1e-3
+    assert data["batch_size"] == 16 and data["lr"] == 1e-3
     assert json.loads(json.dumps(data)) == data
 
 

@@ -359,3 +359,71 @@ def test_a_standardisation_that_overflows_is_refused_even_past_the_magnitude_gua
         ),
     ):
         _load(_csv(tmp_path, frame))
+
+
+# --- features ready (a model trained elsewhere) -------------------------------------------------------------------
+
+
+def _ready_frames():
+    rng = np.random.default_rng(0)
+    n = 120
+    frame = pd.DataFrame(
+        {
+            "b": rng.normal(size=n),
+            "sex": rng.choice(["F", "M"], n),
+            "flag": rng.random(n) < 0.5,
+            "a": rng.normal(size=n),
+            "age": rng.integers(18, 80, n),
+            "y": rng.choice(["lo", "mid"], n),
+        }
+    )
+    return frame.iloc[:80].reset_index(drop=True), frame.iloc[80:].reset_index(drop=True)
+
+
+def test_features_ready_feeds_the_columns_as_they_are_in_file_order():
+    from audit.data import load_ready_dataset
+
+    train, test = _ready_frames()
+    config = RunConfig(
+        command="evaluate", data="t", target="y", sensitive=["sex", "age"], features_ready=True
+    )
+    data = load_ready_dataset(config, frame=test, train_frame=train)
+    assert data.feature_names == ["b", "flag", "a"]  # every column but the target and the groups, file order
+    expected = test[["b", "flag", "a"]].to_numpy(dtype=np.float32)
+    assert torch.equal(data.test.x, torch.from_numpy(expected))  # not imputed, not scaled, not encoded
+    assert torch.equal(data.train.x, torch.from_numpy(train[["b", "flag", "a"]].to_numpy(dtype=np.float32)))
+    assert len(data.val) == 0 and data.preprocessor is None
+    # age has many values: grouped into quartiles of the training rows, which also bound the attacks
+    assert data.group_bins["age"][0] == train["age"].min()
+    assert data.upper[0] == pytest.approx(train["b"].max())
+
+
+def test_features_ready_codes_classes_over_both_tables_and_orders_the_named_features():
+    from audit.data import load_ready_dataset
+
+    train, test = _ready_frames()
+    test.loc[0, "y"] = "hi"  # a class only the evaluation rows hold still gets its own logit index
+    config = RunConfig(
+        command="evaluate", data="t", target="y", sensitive=["sex"], features=["a", "sex_code", "b"]
+    )
+    for frame in (train, test):
+        frame["sex_code"] = (frame["sex"] == "M").astype(float)
+    data = load_ready_dataset(config, frame=test, train_frame=train)
+    assert data.classes == ["hi", "lo", "mid"] and data.input_shape == (3,)
+    assert data.feature_names == ["a", "sex_code", "b"]
+    assert data.test.x[0].tolist() == pytest.approx(
+        test.loc[0, ["a", "sex_code", "b"]].astype(float).tolist()
+    )
+    assert "training rows" not in " ".join(data.notes)  # they were given
+
+
+def test_features_ready_without_training_rows_says_so_and_refuses_missing_cells():
+    from audit.data import load_ready_dataset
+
+    _, test = _ready_frames()
+    config = RunConfig(command="evaluate", data="t", target="y", sensitive=["sex", "age"])
+    data = load_ready_dataset(config, frame=test)
+    assert len(data.train) == 0 and any("--train-data" in note for note in data.notes)
+    test.loc[5, "a"] = np.nan
+    with pytest.raises(AuditError, match="'a' in t has 1 missing value"):
+        load_ready_dataset(config, frame=test)

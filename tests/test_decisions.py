@@ -57,8 +57,9 @@ def test_bad_input_is_one_line_and_writes_nothing(cli, tmp_path, decisions_csv):
     path, _ = decisions_csv
     bad = _decisions(cli, path, tmp_path / "x", "--sensitive", "group", "--y-true", "nope")
     assert bad.code == 2 and "no column 'nope'" in bad.err
-    bad = _decisions(cli, path, tmp_path / "y", "--sensitive", "group", "--bootstrap", "-1")
-    assert bad.code == 2 and "--bootstrap must be 0 or more" in bad.err and not (tmp_path / "y").exists()
+    bad = _decisions(cli, path, tmp_path / "y", "--sensitive", "group", "--bootstrap", "30")
+    assert bad.code == 2 and "--bootstrap was removed" in bad.err and "--intervals exact|none" in bad.err
+    assert not (tmp_path / "y").exists()
     bad = _decisions(cli, path, tmp_path / "z", "--sensitive", "group", "--positive-label", "maybe")
     assert bad.code == 2 and "--positive-label 'maybe' is not a value" in bad.err
 
@@ -67,7 +68,7 @@ def test_sections_carry_their_order_and_the_fairness_payload(cli, tmp_path, deci
     path, _ = decisions_csv
     out = tmp_path / "dec"
     result = _decisions(
-        cli, path, out, "--sensitive", "group, region", "--positive-label", "approved", "--bootstrap", "30"
+        cli, path, out, "--sensitive", "group, region", "--positive-label", "approved", "--intervals", "exact"
     )
     assert result.code == 0, result.err
     report = read_report(out)
@@ -75,7 +76,26 @@ def test_sections_carry_their_order_and_the_fairness_payload(cli, tmp_path, deci
     assert sections["performance"]["order"] == 10 and sections["fairness"]["order"] == 40
     data = sections["fairness"]["data"]
     assert list(data["features"]) == ["group", "region", "group&region"]
-    assert data["intervals"]["resamples"] == 30 and data["mitigation"] is None
+    assert data["intervals"]["method"] == "clopper-pearson" and data["mitigation"] is None
+    assert data["intervals"]["simultaneous"] == "bonferroni" and data["constant_predictions"] is None
     assert report["run"]["data"]["sensitive"] == ["group", "region"]
     assert "--sensitive=group,region" in report["run"]["command_line"]
     assert sections["fairness"]["summary"][0].startswith("group: selection rates range from")
+
+
+def test_one_class_decisions_are_warned_about_end_to_end(cli, tmp_path, decisions_csv):
+    path, frame = decisions_csv
+    frame = frame.assign(decision="approved")
+    frame.to_csv(path, index=False)
+    out = tmp_path / "dec"
+    result = _decisions(cli, path, out, "--sensitive", "group", "--positive-label", "approved")
+    assert result.code == 0, result.err
+    fairness = next(s for s in read_report(out)["sections"] if s["name"] == "fairness")
+    assert fairness["data"]["constant_predictions"] == {
+        "class": "approved",
+        "share": 1.0,
+        "rows": len(frame),
+        "by": "decisions",
+    }
+    assert fairness["warnings"][0].startswith("ONE-CLASS PREDICTIONS: the recorded decisions are 'approved'")
+    assert "ONE-CLASS PREDICTIONS" in (out / "report.md").read_text()

@@ -14,6 +14,7 @@ from audit.efficiency import (
     SECTION_ORDER,
     compression_rows,
     efficiency_section,
+    efficiency_summary,
     flops_per_sample,
     latency_ms,
     model_size_bytes,
@@ -196,3 +197,19 @@ def test_efficiency_section_without_training_has_no_training_figures(loans):
     assert not [name for name in section.metrics if name.startswith("efficiency.train")]
     assert "efficiency.steps" not in section.metrics and "efficiency.epochs_run" not in section.metrics
     assert "efficiency.latency_ms_p50" in section.metrics and section.tables == []
+
+
+def test_the_summary_says_what_the_model_costs_in_words():
+    metrics = {
+        "efficiency.train_wall_s": 2.0,
+        "efficiency.train_samples_per_s": 12345.6,
+        "efficiency.peak_rss_mb": 512.4,
+        "efficiency.params": 2048,
+        "efficiency.model_size_bytes": 8192,
+        "efficiency.latency_ms_p50": 0.0312,
+    }
+    assert efficiency_summary(metrics) == [
+        "Training took 2.0 s (12,346 samples/s); peak memory 512 MB; 2,048 parameters (8 KiB); "
+        "one prediction takes 0.031 ms (median)."
+    ]
+    assert efficiency_summary({"efficiency.params": None}) == []  # nothing measured: nothing said

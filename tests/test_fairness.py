@@ -9,7 +9,7 @@ from audit.checkpoint import load_checkpoint
 from audit.report import spec_for
 from audit_plugins.fairness import FairnessState, audit_metric_specs
 from audit_plugins.fairness_sections import summary_metric
-from tests.conftest import make_loans, read_report, undeclared_metrics
+from tests.conftest import assert_bad_input, make_loans, read_report, undeclared_metrics
 
 
 def _fairness(report: dict) -> dict:
@@ -172,7 +172,7 @@ def test_fairness_data_round_trips_through_json_and_equals_the_metrics(cli, tmp_
         "train",
         *("--data", loans_800, "--target", "defaulted", "--sensitive", "sex,purpose", "--epochs", "2"),
         *("--fairness", "reweight", "--fairness-baseline", "--postprocess", "demographic_parity"),
-        *("--fairness-bootstrap", "50", "--out", out, "-q"),
+        *("--fairness-intervals", "exact", "--out", out, "-q"),
     )
     assert result.code == 0, result.err
     report = read_report(out)
@@ -291,3 +291,34 @@ def test_parity_and_worst_group_accuracy_are_the_headline():
         "fairness.mitigation.accuracy_cost": False,
     }
     assert spec_for("fairness.baseline.sex.demographic_parity_difference", specs).higher_is_better is False
+
+
+def test_the_removed_bootstrap_flag_is_refused_naming_its_replacement(cli, tmp_path, loans_800):
+    out = tmp_path / "run"
+    result = cli(
+        "train",
+        *("--data", loans_800, "--target", "defaulted", "--sensitive", "sex", "--fairness-bootstrap", "50"),
+        *("--out", out, "-q"),
+    )
+    assert_bad_input(result, out, says="--fairness-bootstrap was removed")
+    assert "--fairness-intervals exact|none" in result.err
+
+
+def test_a_one_class_model_gets_a_loud_fairness_warning_end_to_end(cli, tmp_path):
+    frame = make_loans(2000, seed=3)
+    frame["defaulted"] = 0
+    frame.loc[frame.index[:60], "defaulted"] = 1  # 3% positives: a short run predicts 0 for every row
+    path = tmp_path / "rare.csv"
+    frame.to_csv(path, index=False)
+    out = tmp_path / "run"
+    result = cli(
+        "train",
+        *("--data", path, "--target", "defaulted", "--sensitive", "sex", "--epochs", "1", "--out", out, "-q"),
+    )
+    assert result.code == 0, result.err
+    section = _fairness(read_report(out))
+    constant = section["data"]["constant_predictions"]
+    assert constant["by"] == "model" and constant["share"] >= 0.99 and constant["class"] == "0"
+    assert section["warnings"][0].startswith("ONE-CLASS PREDICTIONS: the model predicts '0' for ")
+    assert "not because it is fair" in section["warnings"][0]
+    assert "ONE-CLASS PREDICTIONS" in (out / "report.html").read_text()

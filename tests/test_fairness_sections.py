@@ -34,9 +34,9 @@ def _rows(n: int = 2000, seed: int = 0) -> tuple[np.ndarray, np.ndarray, pd.Data
     return y, p, groups
 
 
-def _section(min_group_size: int = 30, n_boot: int = 50):
+def _section(min_group_size: int = 30, intervals: str = "exact"):
     y, p, groups = _rows()
-    data = fairness_data(y, p, groups, ["sex", "race"], n_boot=n_boot, seed=0, min_group_size=min_group_size)
+    data = fairness_data(y, p, groups, ["sex", "race"], intervals=intervals, min_group_size=min_group_size)
     return data, fairness_section(data)
 
 
@@ -78,15 +78,16 @@ def test_tables_and_figures_are_rendered_from_the_payload():
     again = fairness_section(changed)
     assert again.tables[0].rows[0][2] == "0.500 [0.250, 0.750]"
     assert again.figures[0].series[0].y[0] == 0.5 and again.figures[0].series[0].low == [0.25, 0.3]
-    assert section.tables[0].title == "sex: per-group rates (95% bootstrap interval)"
+    assert section.tables[0].title == "sex: per-group rates (95% exact interval)"
     assert [t.title for t in section.tables[:2]] == [
-        "sex: per-group rates (95% bootstrap interval)",
+        "sex: per-group rates (95% exact interval)",
         "sex: summaries",
     ]
 
 
-def test_without_bootstrap_rates_are_plain_numbers_and_no_intervals():
-    data, section = _section(n_boot=0)
+def test_without_intervals_rates_are_plain_numbers_and_no_intervals():
+    data, section = _section(intervals="none")
+    assert data["intervals"] == {"method": "none", "level": None, "simultaneous": None}
     entry = data["features"]["sex"]
     assert entry["rate_ci"] == {} and entry["summary_ci"] == {}
     assert not [name for name in section.metrics if name.endswith((".ci_low", ".ci_high"))]
@@ -109,7 +110,7 @@ def test_summary_names_the_extremes_and_the_gap():
 def test_a_single_group_leaves_the_summaries_out_and_says_why():
     y, p, groups = _rows(200)
     groups["sex"] = "F"
-    section = fairness_section(fairness_data(y, p, groups, ["sex"], n_boot=10, seed=0, min_group_size=1))
+    section = fairness_section(fairness_data(y, p, groups, ["sex"], intervals="exact", min_group_size=1))
     assert section.data["features"]["sex"]["summaries"] == {}
     assert not [name for name in section.metrics if ".group." not in name]
     assert "fairness.sex.group.F.selection_rate" in section.metrics
@@ -213,10 +214,16 @@ def test_multiclass_compares_accuracy_with_exact_intervals():
     hits = [int(((y == p) & (groups["sex"] == g).to_numpy()).sum()) for g in sex["groups"]]
     worst = int(np.argmin(sex["rates"]["accuracy"]))
     assert section.metrics["fairness.sex.worst_group_accuracy"] == min(sex["rates"]["accuracy"])
+    # simultaneous: both groups' exact intervals at 97.5%, so the worst group's range is [min low, min high]
+    bounds = [clopper_pearson(h, n, 0.975) for h, n in zip(hits, sex["sizes"])]
     assert [
         section.metrics["fairness.sex.worst_group_accuracy.ci_low"],
         section.metrics["fairness.sex.worst_group_accuracy.ci_high"],
-    ] == list(clopper_pearson(hits[worst], sex["sizes"][worst]))
+    ] == pytest.approx([min(b[0] for b in bounds), min(b[1] for b in bounds)], abs=1e-12)
+    assert section.metrics["fairness.sex.accuracy_difference.ci_low"] == pytest.approx(
+        max(0.0, max(b[0] for b in bounds) - min(b[1] for b in bounds)), abs=1e-12
+    )
+    assert bounds[worst][0] >= section.metrics["fairness.sex.worst_group_accuracy.ci_low"]
     assert section.metrics["fairness.sex.accuracy_difference"] == pytest.approx(
         max(sex["rates"]["accuracy"]) - min(sex["rates"]["accuracy"])
     )
@@ -228,17 +235,74 @@ def test_multiclass_compares_accuracy_with_exact_intervals():
 
 def test_compared_summaries_are_plain_and_empty_for_one_group():
     y, p, groups = _rows(300)
-    audits = audit_features(y, p, groups, ["sex"], n_boot=0, seed=0)
+    audits = audit_features(y, p, groups, ["sex"], intervals="none")
     assert list(audits) == ["sex"]
     summaries = compared_summaries(audits["sex"])
     assert list(summaries) == list(SUMMARIES) and all(isinstance(v, float) for v in summaries.values())
     groups["sex"] = "M"
-    assert compared_summaries(audit_features(y, p, groups, ["sex"], n_boot=0, seed=0)["sex"]) == {}
+    assert compared_summaries(audit_features(y, p, groups, ["sex"], intervals="none")["sex"]) == {}
 
 
 def test_equal_selection_rates_are_said_once():
     y, _, groups = _rows(400)
     section = fairness_section(
-        fairness_data(y, np.ones_like(y), groups, ["sex"], n_boot=0, seed=0, min_group_size=1)
+        fairness_data(y, np.ones_like(y), groups, ["sex"], intervals="none", min_group_size=1)
     )
-    assert section.summary[0].startswith("sex: selection rate 1.00 in every group (to two decimals); ")
+    assert section.summary[1].startswith("sex: selection rate 1.00 in every group (to two decimals); ")
+
+
+def test_payload_records_the_interval_method_and_the_note_explains_it():
+    data, section = _section()
+    assert data["intervals"] == {"method": "clopper-pearson", "level": 0.95, "simultaneous": "bonferroni"}
+    note = next(n for n in section.notes if n.startswith("intervals:"))
+    assert "marginal" in note and "simultaneous 95%" in note and "0 included" in note
+    assert data["constant_predictions"] is None
+    assert not any(w.startswith("ONE-CLASS") for w in section.warnings)
+
+
+def test_summary_intervals_hold_the_point_and_rate_intervals_are_exact():
+    y, p, groups = _rows()
+    data, _ = _section()
+    entry = data["features"]["sex"]
+    for name, (low, high) in entry["summary_ci"].items():
+        assert low <= entry["summaries"][name] <= high, name
+    females = (groups["sex"] == "F").to_numpy()
+    low, high = (bound[0] for bound in entry["rate_ci"]["selection_rate"])
+    assert (low, high) == pytest.approx(clopper_pearson(int(p[females].sum()), int(females.sum())), abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    "by, says", [("model", "the model predicts 'yes'"), ("decisions", "the recorded decisions are 'yes'")]
+)
+def test_one_class_predictions_are_warned_about_loudly(by, says):
+    y, _, groups = _rows(500)
+    data = fairness_data(
+        y, np.ones_like(y), groups, ["sex"], intervals="exact", min_group_size=1, classes=("no", "yes"), by=by
+    )
+    section = fairness_section(data)
+    assert data["constant_predictions"] == {"class": "yes", "share": 1.0, "rows": 500, "by": by}
+    assert section.warnings[0].startswith(f"ONE-CLASS PREDICTIONS: {says} for 100.0% of the 500 audited rows")
+    assert "not because it is fair" in section.warnings[0]
+    assert section.summary[0].startswith("ONE-CLASS PREDICTIONS")
+    assert section.metrics["fairness.sex.demographic_parity_difference"] == 0.0
+    varied = fairness_data(y, y, groups, ["sex"], intervals="none", min_group_size=1)
+    assert varied["constant_predictions"] is None
+
+
+def test_one_class_multiclass_predictions_are_warned_about():
+    rng = np.random.default_rng(1)
+    groups = pd.DataFrame({"sex": rng.choice(["F", "M"], 300)})
+    y = rng.integers(0, 3, 300)
+    data = group_accuracy_data(
+        y, np.full(300, 2), groups, ["sex"], num_classes=3, min_group_size=1, classes=["a", "b", "c"]
+    )
+    assert data["constant_predictions"]["class"] == "c"
+    assert fairness_section(data).warnings[0].startswith("ONE-CLASS PREDICTIONS: the model predicts 'c'")
+
+
+def test_a_report_from_before_issue_13_renders_with_its_own_interval_method():
+    data, _ = _section()
+    data["intervals"] = {"method": "bootstrap", "level": 0.95, "resamples": 40, "seed": 3}
+    del data["constant_predictions"]
+    note = next(n for n in fairness_section(data).notes if n.startswith("intervals:"))
+    assert "percentile bootstrap, 40 resamples" in note

@@ -6,8 +6,9 @@ import re
 
 import pytest
 
-from audit.render import md_escape, render_markdown
+from audit.render import md_escape, render_markdown, render_model_card
 from audit.render.html import LONG_TABLE_ROWS, format_value
+from audit.render.markdown import overview_lines
 from audit.report import Report, Section, Table
 
 HOSTILE = ["<script>alert(1)</script>", "<img src=x onerror=alert(1)>", "a|b"]
@@ -84,7 +85,7 @@ def test_metrics_carry_their_interval_in_their_own_row():
 def test_sections_follow_report_order_with_warnings_notes_and_tables():
     markdown = render_markdown(_report())
     headings = re.findall(r"^## (.+)$", markdown, re.MULTILINE)
-    assert headings == ["Metrics", "Performance", "Fairness plain", "Provenance"]
+    assert headings == ["Summary", "Performance", "Fairness plain", "Provenance", "All metrics"]
     fairness = markdown[markdown.index("## Fairness plain") : markdown.index("## Provenance")]
     assert "> **Warning:** few rows in plain" in fairness and "- groups: plain, M" in fairness
     assert "### Groups plain\n\n| group | plain |\n|---|---|\n| plain | 0.5 |\n| M | — |" in fairness
@@ -102,8 +103,8 @@ def test_no_user_string_reaches_report_md_as_html_or_breaks_a_table():
         markdown = render_markdown(_report(text=value, data_name=value))
         assert not RAW_HTML.search(markdown)
         for line in markdown.splitlines():
-            if line.startswith("|"):  # every row of a table has as many cells as its header (3 or 2 or 1)
-                assert len(UNESCAPED_PIPE.findall(line)) in (2, 3, 4)
+            if line.startswith("|"):  # every row of a table has as many cells as its header (4 to 1)
+                assert len(UNESCAPED_PIPE.findall(line)) in (2, 3, 4, 5)
         groups = markdown[markdown.index("### Groups") :].splitlines()[2:5]
         assert len({len(UNESCAPED_PIPE.findall(line)) for line in groups}) == 1
     markdown = render_markdown(_report(text=HOSTILE[1], data_name=HOSTILE[0]))
@@ -114,3 +115,16 @@ def test_no_user_string_reaches_report_md_as_html_or_breaks_a_table():
 def test_a_backtick_in_a_data_name_stays_inside_its_code_span():
     markdown = render_markdown(_report(data_name="x` onerror `y.csv"))
     assert "Data ``x` onerror `y.csv``, seed 3" in markdown
+
+
+def test_report_md_leads_with_the_overview_the_model_card_shares():
+    report = _report()
+    markdown = render_markdown(report)
+    block = "\n".join(overview_lines(report))
+    assert markdown.index(block) < markdown.index("## Performance")  # before every section
+    assert block in render_model_card(report)  # the card leads with the very same summary
+    assert "**Not gated: no release policy was given" in block
+    assert "| Performance | — |  | NOT GATED |" in block  # no headline declared here: no figure, no policy
+    assert "| Fairness plain | — |  | WARN (1 warning) |" in block
+    assert "> **Warning:**" not in block and "- Fairness plain: few rows in plain" in block
+    assert markdown.index("## All metrics") > markdown.index("## Provenance")  # the full table comes last

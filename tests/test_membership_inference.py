@@ -1,10 +1,13 @@
 """Membership-inference attacks: balanced sides, per-group AUCs and the epsilon lower bound."""
 
 import numpy as np
+import pytest
 from sklearn.metrics import roc_auc_score
 
 from audit_plugins.membership_inference import (
+    CONFIDENCE,
     MIN_SAMPLES,
+    PER_ATTACK_CONFIDENCE,
     draw_sides,
     epsilon_lower_bound,
     group_aucs,
@@ -40,6 +43,7 @@ def test_loss_attacks_see_memorised_rows():
         "epsilon_lower_bound",
         "members",
         "nonmembers",
+        "confidence",
     }
 
 
@@ -52,3 +56,16 @@ def test_group_aucs_skip_groups_with_too_few_rows_on_a_side():
     assert [row["group"] for row in rows] == ["a"]
     expected = roc_auc_score(np.r_[np.ones(50), np.zeros(51)], np.r_[members[:50], nonmembers[:51]])
     assert rows[0] == {"group": "a", "members": 50, "nonmembers": 51, "auc": expected}
+
+
+def test_each_attack_is_bounded_at_the_bonferroni_share_so_the_maximum_holds_at_95():
+    assert CONFIDENCE == 0.95 and PER_ATTACK_CONFIDENCE == pytest.approx(1 - 0.05 / 2, abs=1e-12)
+    rng = np.random.default_rng(0)
+    members, nonmembers = rng.normal(0.0, 1.0, 400), rng.normal(1.5, 1.0, 400)  # losses: members lower
+    labels = np.zeros(400, dtype=int)
+    attacks = loss_attacks(members, labels, nonmembers, labels, delta=1e-5, seed=0)
+    at_975 = epsilon_lower_bound(-members, -nonmembers, delta=1e-5, confidence=0.975, seed=0)
+    at_95 = epsilon_lower_bound(-members, -nonmembers, delta=1e-5, confidence=0.95, seed=0)
+    assert attacks[0].confidence == PER_ATTACK_CONFIDENCE
+    assert attacks[0].epsilon_lower_bound == at_975
+    assert 0 < at_975 < at_95  # the stricter per-attack level gives a smaller (honest) bound

@@ -97,6 +97,7 @@ def test_measuring_sections_come_in_report_order_and_silent_ones_are_left_out():
     card = render_model_card(_report())
     headings = re.findall(r"^## (.+)$", card, re.MULTILINE)
     assert headings == [
+        "Summary",
         "Model details",
         "Intended use",
         "Factors",
@@ -145,7 +146,7 @@ def test_no_user_string_reaches_the_card_as_html_or_breaks_a_table():
         card = render_model_card(_report(text=value))
         assert not RAW_HTML.search(card)
         rows = [line for line in card.splitlines() if line.startswith("|")]
-        assert rows and all(len(UNESCAPED_PIPE.findall(line)) in (3, 4) for line in rows)
+        assert rows and all(len(UNESCAPED_PIPE.findall(line)) in (3, 4, 5) for line in rows)
     card = render_model_card(_report(text=HOSTILE[0]))
     assert "## Carbon &lt;script&gt;alert(1)&lt;/script&gt;" in card  # shown, as text
     assert "- Groups audited: &lt;script&gt;alert(1)&lt;/script&gt;, age" in card

@@ -140,3 +140,23 @@ def test_replaced_batchnorm1d_keeps_per_sample_outputs_independent_and_nonzero()
 def test_replace_batchnorm_without_batchnorm_counts_zero():
     model = build_model(spec("mlp", (10,)))
     assert replace_batchnorm(model)[1] == 0
+
+
+def test_an_exported_program_acts_as_a_module_in_eval_mode_with_gradients():
+    from audit.models import ExportedModule, check_outputs
+
+    source = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(source, (torch.zeros(4, 3),), dynamic_shapes=({0: batch},)).module()
+    with pytest.raises(NotImplementedError, match="eval"):
+        program.eval()  # why the wrapper exists
+    model = ExportedModule(program).eval()
+    assert sum(p.numel() for p in model.parameters()) == 26
+    x = torch.randn(5, 3, requires_grad=True)
+    model(x).sum().backward()  # the attacks need input gradients
+    assert x.grad is not None and torch.allclose(model(x), source(x))
+    check_outputs(model, what="the program", input_shape=(3,), classes=2)
+    with pytest.raises(
+        AuditError, match=r"the program returns outputs of shape \(2, 2\) for 2 rows; expected \(2, 3\)"
+    ):
+        check_outputs(model, what="the program", input_shape=(3,), classes=3)

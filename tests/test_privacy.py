@@ -33,15 +33,21 @@ def _section(report, name="privacy"):
     return next(s for s in report["sections"] if s["name"] == name)
 
 
-def _rdp_epsilon_independent(q, sigma, steps, delta):
+def _epsilon_independent(kind, q, sigma, steps, delta):
+    """dp-accounting's own RDP or PLD accountant over the steps taken: no code of the plugin involved."""
     import dp_accounting
 
-    accountant = dp_accounting.rdp.RdpAccountant()
+    accountant = dp_accounting.rdp.RdpAccountant() if kind == "rdp" else dp_accounting.pld.PLDAccountant()
     event = dp_accounting.SelfComposedDpEvent(
         dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps
     )
     accountant.compose(event)
     return accountant.get_epsilon(delta)
+
+
+def _independent(metrics, kind):
+    keys = ("sample_rate", "noise_multiplier", "steps", "delta")
+    return _epsilon_independent(kind, *(metrics[f"privacy.{key}"] for key in keys))
 
 
 @pytest.mark.slow
@@ -52,10 +58,28 @@ def test_adult_dp_bar_and_independent_accounting(cli, tmp_path):
     m = read_report(out)["metrics"]
     assert m["privacy.epsilon"] <= 1.0
     assert m["performance.accuracy"] >= 0.84
-    independent = _rdp_epsilon_independent(
-        m["privacy.sample_rate"], m["privacy.noise_multiplier"], m["privacy.steps"], m["privacy.delta"]
+    assert m["privacy.epsilon"] == pytest.approx(_independent(m, "pld"), rel=0.02)
+    assert m["privacy.epsilon_rdp"] == pytest.approx(_independent(m, "rdp"), rel=1e-3)
+
+
+def test_calibrated_run_spends_its_target_by_pld_and_states_rdp_beside_it(cli, tmp_path, loans_csv):
+    out = tmp_path / "pld"
+    dp = "--dp --epsilon 2 --epochs 2 --batch-size 64 --mia-samples 60".split()
+    assert cli(*_loans(loans_csv, *dp, "--out", out, "-q")).code == 0
+    report = read_report(out)
+    m, section = report["metrics"], _section(report)
+    assert section["data"]["guarantee"]["accountant"] == "pld" and "privacy.accountant" not in m
+    # the reported epsilon is dp-accounting's PLD for the noise and steps taken, and within the target
+    assert m["privacy.epsilon"] == pytest.approx(_independent(m, "pld"), rel=0.02)
+    assert (
+        1.9 < m["privacy.epsilon"] <= 2.0
+    )  # every planned step taken: the calibrated noise spends the budget
+    assert m["privacy.epsilon_rdp"] == pytest.approx(_independent(m, "rdp"), rel=1e-3)
+    assert m["privacy.epsilon_rdp"] > 1.05 * m["privacy.epsilon"]
+    assert any("dp-accounting's PLD accountant" in note for note in section["notes"])
+    assert (
+        f"PLD accountant (RDP would state epsilon {m['privacy.epsilon_rdp']:.4g})." in section["summary"][0]
     )
-    assert independent == pytest.approx(m["privacy.epsilon"], rel=1e-3)
 
 
 def _memorise(cli, tmp_path, name, *extra):
@@ -66,7 +90,9 @@ def _memorise(cli, tmp_path, name, *extra):
     path = tmp_path / "mem.csv"
     frame.to_csv(path, index=False)
     out = tmp_path / name
+    # no reference models: 8 more wide MLPs per run; their own memorisation bar is in tests/test_mia_reference.py
     options = "--hidden 512,512 --dropout 0 --epochs 60 --lr 3e-3 --batch-size 32 --no-early-stopping"
+    options += " --mia-reference-models 0"
     args = ["train", "--data", path, "--target", "label", *options.split(), "--test-fraction", "0.45"]
     result = cli(*args, "--out", out, "-q", *extra)
     assert result.code == 0, result.err
@@ -196,11 +222,14 @@ def test_privacy_state_reports_the_guarantee_over_steps_taken():
     guarantee = json.loads(json.dumps(state.guarantee()))  # it travels in model.pt: JSON-able
     assert guarantee["steps"] == 120 and guarantee["planned_steps"] == 200
     assert guarantee["epsilon"] == pytest.approx(accountant.get_epsilon(delta=1e-5))
+    assert guarantee["accountant"] == "rdp" and guarantee["epsilon_rdp"] == guarantee["epsilon"]
 
 
 def test_section_payload_renders_metrics_tables_and_summary(cli, tmp_path, loans_csv):
     out = tmp_path / "payload"
-    args = _loans(loans_csv, "--sensitive", "sex", "--mia-samples", "60", *SHORT_DP, "--out", out, "-q")
+    # the two loss attacks only (the reference-model attacks: tests/test_mia_reference.py)
+    extra = ("--mia-samples", "60", "--mia-reference-models", "0")
+    args = _loans(loans_csv, "--sensitive", "sex", *extra, *SHORT_DP, "--out", out, "-q")
     assert cli(*args).code == 0
     report = read_report(out)
     section, metrics = _section(report), report["metrics"]
@@ -209,6 +238,13 @@ def test_section_payload_renders_metrics_tables_and_summary(cli, tmp_path, loans
     assert data["guarantee"]["epsilon"] == metrics["privacy.epsilon"] and data["guarantee"]["steps"] > 0
     assert [e["epoch"] for e in data["epochs"]] == [1, 2]
     assert mia["skipped"] is None
+    # the bound on the maximum of the attacks holds at 95%: each attack is bounded at 97.5% (Bonferroni)
+    assert mia["confidence"] == 0.95 and mia["attack_count"] == 2
+    assert mia["per_attack_confidence"] == pytest.approx(0.975, abs=1e-12)
+    assert [a["confidence"] for a in mia["attacks"]] == [mia["per_attack_confidence"]] * 2
+    assert mia["epsilon_lower_bound"] == max(a["epsilon_lower_bound"] for a in mia["attacks"])
+    level_note = "over the 2 attacks, holds with 95% confidence: each attack's bound is at 97.5% (Bonferroni)"
+    assert any(level_note in note for note in section["notes"])
     best = next(a for a in mia["attacks"] if a["name"] == mia["headline_attack"])
     assert best["auc"] == max(a["auc"] for a in mia["attacks"]) == metrics["privacy.mia_auc"]
     assert best["tpr_at_fpr_0.01"] == metrics["privacy.mia_tpr_at_fpr_0.01"]

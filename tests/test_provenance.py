@@ -64,10 +64,15 @@ def test_run_info_records_config_sources_and_data_facts(loans):
     assert info["config_sha256"] == expected_sha
     sources = info["config_sources"]
     assert list(sources) == sorted(sources)
+    rows, batch = len(dataset.train), config.batch_size
+    steps = -(-rows // batch)  # steps an epoch
     assert sources == {
-        "batch_size": f"default for {len(dataset.train)} training rows",
+        "batch_size": f"default for {rows} training rows",
         "data": "command line",
-        "lr": "default for batch size 256",
+        "epochs": f"default for {rows} training rows at batch {batch} ({steps} steps an epoch): "
+        "at least 250 steps and 10 epochs, at most 200 epochs",
+        "lr": f"default for batch size {batch}",
+        "patience": f"default for {steps} steps an epoch: at least 80 steps without improvement",
         "seed": "command line",
         "sensitive": "config file c.yaml",
     }
@@ -123,5 +128,5 @@ def test_cli_without_lr_takes_dp_sgds_default_from_the_privacy_plugin(cli, loans
     assert result.code == 0, result.err
     run = read_report(out)["run"]
     assert run["config_sources"]["lr"] == "plugin privacy"
-    assert run["config"]["lr"] == 3e-3  # the core's default at batch 256 would be 1e-3
-    assert run["config"]["batch_size"] == 256
+    # the core's default below batch 1024 would be 1e-3
+    assert run["config"]["lr"] == 3e-3 and run["config"]["batch_size"] < 1024

@@ -237,3 +237,13 @@ def test_group_metrics_name_their_former_names_and_headlines_are_marked():
         "robustness.worst_group_robust_accuracy",
         "robustness.clean_accuracy",
     }
+
+
+def test_the_summary_leads_with_how_often_the_strongest_attack_flips_a_prediction(adult_section):
+    data, lead = adult_section.data, adult_section.summary[0]
+    strongest = min(data["attacks"], key=lambda a: data["attacks"][a]["robust_accuracy"][1])
+    rate = data["attacks"][strongest]["attack_success_rate"][1]
+    assert lead.startswith(
+        f"The model's prediction changes for {rate:.0%} of the rows it classified correctly"
+    )
+    assert "under a perturbation of 0.5 standard deviations of each numeric feature" in lead

@@ -204,7 +204,7 @@ def test_run_train_then_evaluate_through_the_api(loans, tmp_path):
     orders = [s["order"] for s in outcome.report["sections"]]
     assert orders == sorted(orders) and outcome.report["sections"][0]["name"] == "performance"
     assert outcome.report["run"]["model_sha256"] == sha256_hex((outcome.out_dir / "model.pt").read_bytes())
-    assert config.resolved and config.sources["lr"] == "default for batch size 256"
+    assert config.resolved and config.sources["lr"] == f"default for batch size {config.batch_size}"
 
     again = RunConfig(
         command="evaluate",
@@ -219,3 +219,24 @@ def test_run_train_then_evaluate_through_the_api(loans, tmp_path):
     assert not (evaluated.out_dir / "model.pt").exists()
     # a user's file given to evaluate is one evaluation split: every row is audited
     assert evaluated.report["metrics"]["performance.test_rows"] == 300
+
+
+def test_evaluate_runs_one_path_for_a_module_trained_elsewhere_and_can_write_nothing(tmp_path, monkeypatch):
+    from tests.elsewhere import FEATURES, ready_tables
+
+    monkeypatch.chdir(tmp_path)
+    train, test = ready_tables(400)
+    model = torch.nn.Sequential(torch.nn.Linear(len(FEATURES), 2)).eval()
+    config = RunConfig(
+        command="evaluate", data="frame", target="label", sensitive=["sex"], features_ready=True, quiet=True
+    )
+    outcome = run_evaluate(
+        config, get_plugin_manager(), module=model, frames={"data": test, "train_data": train}, write=False
+    )
+    assert list(tmp_path.iterdir()) == []  # nothing written
+    names = [s["name"] for s in outcome.report["sections"]]
+    assert names[:2] == ["performance", "efficiency"] and "compliance" in names
+    with torch.no_grad():
+        expected = (model(torch.tensor(test[FEATURES].to_numpy())).argmax(1).numpy() == test["label"]).mean()
+    assert outcome.report["metrics"]["performance.accuracy"] == pytest.approx(expected)
+    assert outcome.built.metrics == outcome.report["metrics"]

@@ -4,6 +4,7 @@ import torch
 from audit.config import RunConfig
 from audit.engine import train
 from audit.training import (
+    forked_random_state,
     make_optimizer,
     per_sample_criterion,
     resolve_device,
@@ -56,3 +57,22 @@ def test_per_sample_criterion_keeps_one_loss_a_row():
 def test_resolve_device():
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_forked_random_state_leaves_the_runs_own_draws_unchanged():
+    """An audit's own training (canaries, reference models) must not shift the released run's random streams."""
+    import numpy as np
+    import torch
+
+    torch.manual_seed(3)
+    np.random.seed(3)
+    expected = (torch.rand(4), np.random.rand(4))
+    torch.manual_seed(3)
+    np.random.seed(3)
+    with forked_random_state():
+        torch.rand(100), np.random.rand(100)
+    assert torch.equal(torch.rand(4), expected[0]) and np.array_equal(np.random.rand(4), expected[1])
+    torch.manual_seed(3)
+    np.random.seed(3)
+    torch.rand(100), np.random.rand(100)  # without the fork the streams do move
+    assert not torch.equal(torch.rand(4), expected[0])

@@ -36,6 +36,22 @@ def _performance() -> list[MetricSpec]:
             headline=True,
         ),
         MetricSpec("performance.log_loss", False, "nats", "Mean cross-entropy on the test split", ACCURACY),
+        # None: the reference measures what the data allows a linear model, not the audited model
+        MetricSpec(
+            "performance.reference_accuracy",
+            None,
+            "fraction",
+            "Test accuracy (exact 95% interval) of a logistic regression fitted on the same training rows and "
+            "input features: the floor a trained model should clear",
+            ACCURACY,
+        ),
+        MetricSpec(
+            "performance.reference_balanced_accuracy",
+            None,
+            "fraction",
+            "Mean recall over classes of the reference logistic regression on the test split",
+            ACCURACY,
+        ),
         MetricSpec("performance.test_rows", None, "rows", "Rows in the test split"),
         MetricSpec(
             "performance.selection_rate",

@@ -6,6 +6,7 @@ from typing import Any
 
 import jinja2
 
+from audit.render.overview import overview
 from audit.render.svg import render_figure
 from audit.report import interval_base
 
@@ -39,6 +40,11 @@ def cell_class(value: Any) -> str:
     return {"PASS": "pass", "FAIL": "fail", "WARN": "warnv", "NO": "fail"}.get(head, "")
 
 
+def verdict_class(verdict: str) -> str:
+    """The badge class of a compliance verdict ("PASS", "NO EVIDENCE", "not gated"): lower case, dashed."""
+    return verdict.lower().replace(" ", "-")
+
+
 def provenance_rows(run: dict[str, Any]) -> list[tuple[str, str]]:
     """Flatten the checkable facts of ``run`` into (name, value) rows."""
     rows = [
@@ -69,8 +75,6 @@ def render_html(report: dict[str, Any]) -> str:
     sections = [
         dict(s, figures=s.get("figures", []), tables=s.get("tables", [])) for s in report.get("sections", [])
     ]
-    gate = next((s for s in sections if s["name"] == "gate"), None)
-    gate_info = {"passed": report["metrics"].get("gate.passed") == 1} if gate else None
     return _ENV.get_template("report.html.j2").render(
         run=report.get("run", {}),
         metric_rows=metric_rows(report["metrics"]),
@@ -81,5 +85,6 @@ def render_html(report: dict[str, Any]) -> str:
         long_table=LONG_TABLE_ROWS,
         provenance=provenance_rows(report.get("run", {})),
         content_sha256=report.get("content_sha256", ""),
-        gate=gate_info,
+        ov=overview(report),
+        badge=verdict_class,
     )

@@ -11,6 +11,7 @@ import re
 from typing import Any
 
 from audit.render.html import LONG_TABLE_ROWS, format_value, metric_rows, provenance_rows
+from audit.render.overview import overview
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _BACKTICKS = re.compile(r"`+")
@@ -50,6 +51,41 @@ def _table(columns: list[Any], rows: list[list[Any]]) -> list[str]:
     return lines
 
 
+def overview_lines(report: dict[str, Any]) -> list[str]:
+    """The report's overview (``audit.render.overview``) as Markdown: verdict, areas, warnings, clauses."""
+    ov = overview(report)
+    lines = ["## Summary", "", f"**{md_escape(ov['verdict']['text'])}**", ""]
+    rows = [
+        [
+            a["title"],
+            _figure_text(a["figure"]),
+            a["line"],
+            a["status"].upper() + (f" ({a['reason']})" if a["reason"] else ""),
+        ]
+        for a in ov["areas"]
+    ]
+    lines += _table(["area", "headline (95% interval)", "what it means", "status"], rows)
+    shown = [f"- {md_escape(w['title'])}: {md_escape(w['text'])}" for w in ov["warnings"]]
+    if ov["more_warnings"]:
+        shown.append(f"- and {ov['more_warnings']} more, in their sections")
+    lines += ["", "Warnings:", "", *shown] if shown else ["", "The audit raised no warnings."]
+    if ov["compliance"]:
+        clauses = [[c["id"], c["metrics"], c["verdict"]] for c in ov["compliance"]]
+        lines += ["", "Compliance evidence per clause:", ""] + _table(
+            ["clause", "metrics", "verdict"], clauses
+        )
+    return lines
+
+
+def _figure_text(figure: dict[str, Any] | None) -> str:
+    """'label value (low to high)' for an area's headline figure; a dash without one."""
+    if figure is None:
+        return "—"
+    interval = figure["interval"]
+    span = f" ({format_value(interval[0])} to {format_value(interval[1])})" if interval else ""
+    return f"{figure['label']} {format_value(figure['value'])}{span}"
+
+
 def _metrics_table(metrics: dict[str, Any]) -> list[str]:
     """Every metric with its value; a metric's 95% interval in its own row."""
     rows = [
@@ -63,6 +99,7 @@ def _section(section: dict[str, Any]) -> list[str]:
     """A section: title, warnings, notes, then its tables (a long one folded in <details>)."""
     lines = ["", f"## {md_escape(section['title'])}", ""]
     lines += [f"> **Warning:** {md_escape(w)}" for w in section.get("warnings", [])]
+    lines += [f"- {md_escape(line)}" for line in section.get("summary", [])]
     lines += [f"- {md_escape(n)}" for n in section.get("notes", [])]
     for t in section.get("tables", []):
         title, rows = md_escape(t["title"]), t["rows"]
@@ -75,7 +112,7 @@ def _section(section: dict[str, Any]) -> list[str]:
 
 
 def render_markdown(report: dict[str, Any]) -> str:
-    """Return the report as Markdown: metrics, then each section's warnings, notes and tables."""
+    """Return the report as Markdown: the summary, each section (warnings, findings, notes, tables), all metrics."""
     run = report.get("run", {})
     facts = ", ".join(
         [
@@ -92,12 +129,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"Command: {md_escape(run.get('command_line', ''), code=True)}",
         "",
-        "## Metrics",
-        "",
     ]
-    lines += _metrics_table(report["metrics"])
+    lines += overview_lines(report)
     for section in report.get("sections", []):
         lines += _section(section)
     lines += ["", "## Provenance", ""] + _table(["fact", "value"], [list(r) for r in provenance_rows(run)])
+    lines += ["", "## All metrics", ""] + _metrics_table(report["metrics"])
     lines += ["", f"Report content SHA-256: {md_escape(report.get('content_sha256', ''), code=True)}", ""]
     return "\n".join(lines)
