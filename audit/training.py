@@ -28,16 +28,19 @@ def seed_everything(seed: int) -> torch.Generator:
 
 @contextmanager
 def forked_random_state() -> Iterator[None]:
-    """Run a block on forked torch (CPU) and NumPy random streams: what it draws leaves the run's own draws unchanged.
+    """Run a block on forked torch (CPU, CUDA), NumPy and Python random streams: the run's own draws stay unchanged.
 
     An audit that trains a model of its own (canaries, reference models) must not shift the released run's streams.
     """
-    np_state = np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
+    np_state, py_state = np.random.get_state(), random.getstate()
+    # the block may reseed everything (seed_everything), and torch.manual_seed reseeds every CUDA device too
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
         try:
             yield
         finally:
             np.random.set_state(np_state)
+            random.setstate(py_state)
 
 
 def resolve_device(name: str) -> torch.device:

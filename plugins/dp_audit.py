@@ -26,7 +26,7 @@ GUESS_GRID = (5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 BISECTION_STEPS = 50
 THREAT_MODELS = {
     "whitebox": "white-box (gradient canaries, every noisy update seen)",
-    "blackbox": "black-box (input canaries, final model's loss)",
+    "blackbox": "black-box (input canaries replacing real rows, final model's loss; group privacy of 2)",
 }
 
 
@@ -48,20 +48,36 @@ def p_value(m: int, r: int, v: int, eps: float, delta: float) -> float:
     return min(tail + alpha * delta * 2 * m, 1.0)
 
 
-def epsilon_lower_bound(m: int, r: int, v: int, *, delta: float, beta: float) -> float:
-    """The largest eps whose (eps, delta)-DP null hypothesis v correct guesses of r reject at level beta (0 if none)."""
+def epsilon_lower_bound(
+    m: int, r: int, v: int, *, delta: float, beta: float, neighbours: str = "add_remove"
+) -> float:
+    """The largest eps whose (eps, delta)-DP null hypothesis v correct guesses of r reject at level beta (0 if none).
+
+    ``neighbours="replace"``: each canary's coin swaps it for a real row (black-box canaries), so the theorem
+    bounds the replace-one epsilon. Group privacy turns an add/remove (e, delta) guarantee into a replace-one
+    (2e, (1 + e^e) delta) one, so eps is rejected when that replace-one hypothesis is: the bound stays a bound
+    on the add/remove epsilon the accountant states.
+    """
     if not 0 < beta < 1:
         raise ValueError(f"beta must be in (0, 1), got {beta}")
-    if r == 0 or p_value(m, r, v, 0.0, delta) >= beta:
+    if neighbours not in ("add_remove", "replace"):
+        raise ValueError(f"neighbours must be 'add_remove' or 'replace', got {neighbours!r}")
+
+    def p_at(eps: float) -> float:
+        if neighbours == "add_remove":
+            return p_value(m, r, v, eps, delta)
+        return p_value(m, r, v, 2 * eps, min(1.0, (1 + math.exp(min(eps, 700.0))) * delta))
+
+    if r == 0 or p_at(0.0) >= beta:
         return 0.0
-    low, high = 0.0, 1.0  # p_value(low) < beta <= p_value(high); p_value falls as eps falls
-    while p_value(m, r, v, high, delta) < beta:
+    low, high = 0.0, 1.0  # p_at(low) < beta <= p_at(high)
+    while p_at(high) < beta:
         low, high = high, 2 * high
         if high > 1e3:  # every guess right with r large: the bound is finite, this is a guard only
             return low
     for _ in range(BISECTION_STEPS):
         mid = (low + high) / 2
-        if p_value(m, r, v, mid, delta) < beta:
+        if p_at(mid) < beta:
             low = mid
         else:
             high = mid
@@ -104,7 +120,14 @@ def guess_counts(m: int) -> list[int]:
     return [k for k in GUESS_GRID if 2 * k <= m] or [max(1, m // 2)]
 
 
-def audit_scores(scores: np.ndarray, included: np.ndarray, *, delta: float, confidence: float) -> AuditResult:
+def audit_scores(
+    scores: np.ndarray,
+    included: np.ndarray,
+    *,
+    delta: float,
+    confidence: float,
+    neighbours: str = "add_remove",
+) -> AuditResult:
     """Guess "in" for the k highest scores and "out" for the k lowest, for each k of the grid; return the bound.
 
     ``included`` must be the canaries' independent fair coins (the theorem's assumption); ties in the scores
@@ -123,7 +146,8 @@ def audit_scores(scores: np.ndarray, included: np.ndarray, *, delta: float, conf
     results = []
     for k in grid:
         v = int(ranked[:k].sum() + (~ranked[m - k :]).sum())
-        results.append(GuessResult(k, 2 * k, v, epsilon_lower_bound(m, 2 * k, v, delta=delta, beta=beta)))
+        bound = epsilon_lower_bound(m, 2 * k, v, delta=delta, beta=beta, neighbours=neighbours)
+        results.append(GuessResult(k, 2 * k, v, bound))
     return AuditResult(
         epsilon_lower_bound=max(g.epsilon for g in results),
         confidence=confidence,

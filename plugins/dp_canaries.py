@@ -353,7 +353,10 @@ def audit_payload(
     each = 1 - (1 - confidence) / 2
     kwargs = dict(delta=released.delta, confidence=each)
     whitebox = dp_audit.audit_scores(scores.whitebox_scores, scores.whitebox_included, **kwargs)
-    blackbox = dp_audit.audit_scores(scores.blackbox_scores, scores.blackbox_included, **kwargs)
+    # a black-box canary replaces a real row (the run keeps its rows and sampling rate): a replace-one coin
+    blackbox = dp_audit.audit_scores(
+        scores.blackbox_scores, scores.blackbox_included, neighbours="replace", **kwargs
+    )
     return {
         "skipped": None,
         "confidence": confidence,

@@ -101,8 +101,11 @@ def epsilon_lower_bound(
     point = [_epsilon_at(t, f, delta) for t, f in zip(tpr_fit, fpr_safe)]
     threshold = thresholds[int(np.argmax(point))]
     tp, fp = int((m_eval >= threshold).sum()), int((n_eval >= threshold).sum())
-    tpr_lo, tpr_hi = clopper_pearson(tp, len(m_eval), confidence)
-    fpr_lo, fpr_hi = clopper_pearson(fp, len(n_eval), confidence)
+    # The two directions below use all four tails of the two intervals, so each interval gets half the error:
+    # by the union bound, TPR and FPR both lie in theirs with probability >= ``confidence``.
+    each = 1 - (1 - confidence) / 2
+    tpr_lo, tpr_hi = clopper_pearson(tp, len(m_eval), each)
+    fpr_lo, fpr_hi = clopper_pearson(fp, len(n_eval), each)
     # Both directions of the DP inequality; each uses the conservative side of each interval.
     return max(
         _epsilon_at(tpr_lo, fpr_hi, delta),

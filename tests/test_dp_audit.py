@@ -109,6 +109,19 @@ def test_the_bound_is_sound_on_randomised_response():
     assert np.median(bounds) > 0.4  # and the audit does see the mechanism's leakage
 
 
+def test_replace_one_canaries_are_bounded_through_group_privacy():
+    # A canary that replaces a real row changes two rows of an add/remove neighbour: the same guesses prove at
+    # most half the epsilon (group privacy of 2), and a replace-one (2e, (1 + e^e) delta) hypothesis is what
+    # an add/remove (e, delta) guarantee implies, so the replace bound is the largest e that rejects that.
+    for m, r, v, delta in [(1000, 100, 100, 0.0), (1000, 200, 170, 1e-5), (500, 40, 38, 1e-5)]:
+        add_remove = epsilon_lower_bound(m, r, v, delta=delta, beta=0.05)
+        replace = epsilon_lower_bound(m, r, v, delta=delta, beta=0.05, neighbours="replace")
+        assert 0 < replace <= add_remove / 2 + 1e-9
+        assert p_value(m, r, v, 2 * replace, (1 + math.exp(replace)) * delta) < 0.05
+    with pytest.raises(ValueError):
+        epsilon_lower_bound(10, 4, 4, delta=0.0, beta=0.05, neighbours="swap")
+
+
 # --- through the CLI ---------------------------------------------------------------------------------------
 
 TIMING = ("wall_s", "time_s", "per_s", "rss_mb", "latency_ms", "cuda_peak")  # measured, not computed

@@ -76,3 +76,25 @@ def test_forked_random_state_leaves_the_runs_own_draws_unchanged():
     np.random.seed(3)
     torch.rand(100), np.random.rand(100)  # without the fork the streams do move
     assert not torch.equal(torch.rand(4), expected[0])
+
+
+def test_forked_random_state_survives_a_reseed_inside_it():
+    """The canary run reseeds inside the fork (seed_everything): Python's stream and CUDA's must come back too."""
+    import random
+
+    import numpy as np
+
+    def draws() -> tuple:
+        cuda = torch.rand(4, device="cuda").cpu() if torch.cuda.is_available() else torch.zeros(4)
+        return random.random(), torch.rand(4), np.random.rand(4), cuda
+
+    seed_everything(3)
+    expected = draws()
+    seed_everything(3)
+    with forked_random_state():
+        seed_everything(99)
+        draws()
+    got = draws()
+    assert got[0] == expected[0]
+    assert all(torch.equal(a, b) for a, b in ((got[1], expected[1]), (got[3], expected[3])))
+    assert np.array_equal(got[2], expected[2])
