@@ -207,6 +207,10 @@ def build_parser(
     _add_common(evaluate_core)
     add_mlflow_argument(evaluate_core)
     _add_plugin_options({"train": train, "evaluate": evaluate}, plugin_options, owners or {})
+    from audit import tune_cli
+
+    # a tune trial is a training run: it takes the plugins' training options
+    _add_plugin_options({"train": tune_cli.add_subcommand(sub)}, plugin_options, owners or {})
     rep = sub.add_parser("report", help="re-render report.json as HTML, Markdown and a model card")
     rep.add_argument("report")
     rep.add_argument("--format", choices=["html", "md", "model-card", "all"], default="all")
@@ -440,6 +444,10 @@ def _run(argv: Sequence[str]) -> int:
         return _train_or_evaluate(args, from_argv, plugin_options, pm, argv)
     if args.cmd == "report":
         return _render(args)
+    if args.cmd == "tune":
+        from audit import tune_cli
+
+        return tune_cli.run(args, pm)
     if args.cmd == "plugins":
         from audit.plugins import describe_plugins
 

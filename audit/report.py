@@ -61,7 +61,7 @@ class Figure:
     """Figure data (not pixels): the renderers draw it."""
 
     title: str
-    kind: str  # "line" or "bar"
+    kind: str  # "line", "bar" or "scatter" (a line figure drawn as dots)
     x_label: str
     y_label: str
     series: list[Series]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,13 +117,24 @@ def add_sections(report: Report, ctx: EvalContext, pm: pluggy.PluginManager, per
 
 
 def run_train(
-    config: RunConfig, pm: pluggy.PluginManager, *, frame: pd.DataFrame | None = None, write: bool = True
+    config: RunConfig,
+    pm: pluggy.PluginManager,
+    *,
+    frame: pd.DataFrame | None = None,
+    write: bool = True,
+    audit_on_validation: bool = False,
 ) -> RunOutcome:
-    """``audit train``: train, audit, and write the report and model (``frame``, ``write``: see run_evaluate)."""
+    """``audit train``: train, audit, and write the report and model (``frame``, ``write``: see run_evaluate).
+
+    ``audit_on_validation``: every audit runs on the validation rows in place of the test rows (``audit tune``'s
+    trials), so the test split is never scored.
+    """
     started = dt.datetime.now(dt.timezone.utc)
     configure(config, pm)
     generator = seed_everything(config.seed)
     dataset = load_dataset(config, frame=frame)
+    if audit_on_validation:
+        dataset = validation_as_test(dataset)
     config.resolve(train_rows=len(dataset.train), plugin_defaults=plugin_defaults(config, pm))
     device = resolve_device(config.device)
     setup = build_setup(config, dataset, device, generator, model_spec_for(config, dataset))
@@ -147,6 +159,12 @@ def run_train(
     outcome = _finish(config, report, model_bytes, pm, write=write)
     outcome.model = model
     return outcome
+
+
+def validation_as_test(dataset: Dataset) -> Dataset:
+    """The dataset with its validation rows in the test split's place (the test rows dropped, never scored)."""
+    note = "audited on the validation split (a tuning trial): the test split was not used"
+    return dataclasses.replace(dataset, test=dataset.val, notes=[*dataset.notes, note])
 
 
 @dataclass

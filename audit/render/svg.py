@@ -157,8 +157,8 @@ def render_figure(figure: dict[str, Any]) -> str:
         color = COLORS[i % len(COLORS)]
         if figure["kind"] == "bar":
             parts += _bars(s, i, len(series), scale, color)
-        else:
-            parts += _line(s, scale, color)
+        else:  # a scatter is a line figure without the polyline (its first element): dots only
+            parts += _line(s, scale, color)[1 if figure["kind"] == "scatter" else 0 :]
         parts.append(_legend_entry(s["name"], i, color))
     parts.append("</svg>")
     return "".join(parts)
