@@ -71,7 +71,9 @@ def test_a_study_gives_feasible_trials_a_pareto_front_and_a_fully_audited_chosen
     assert report["metrics"]["gate.passed"] == 1
     html = (out / "report.html").read_text()
     assert "Hyperparameter search" in html and "<svg" in html and "Pareto front" in html
-    assert "<circle" in html and "<polyline" not in html  # the trials as a scatter: dots, no line through them
+    assert (
+        "<circle" in html and "<polyline" not in html
+    )  # the trials as a scatter: dots, no line through them
 
 
 def test_the_default_space_searches_the_core_and_reweighing_when_a_sensitive_column_is_given(setup, cli):
