@@ -20,12 +20,18 @@ SECTION_ORDER = 10
 ONE_CLASS_SHARE = 0.99
 
 
+def dominant_prediction(y_pred: np.ndarray) -> tuple[int | None, float]:
+    """The most common predicted class index and the share of rows that get it ((None, NaN) with no rows)."""
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    if y_pred.size == 0:
+        return None, float("nan")
+    counts = np.bincount(y_pred)
+    return int(counts.argmax()), float(counts.max() / y_pred.size)
+
+
 def dominant_prediction_share(y_pred: np.ndarray) -> float:
     """The share of rows that get the most common predicted class (1.0 for a constant model; NaN with no rows)."""
-    y_pred = np.asarray(y_pred)
-    if y_pred.size == 0:
-        return float("nan")
-    return float(np.unique(y_pred, return_counts=True)[1].max() / y_pred.size)
+    return dominant_prediction(y_pred)[1]
 
 
 def predicts_one_class(y_pred: np.ndarray) -> bool:
@@ -106,9 +112,9 @@ def _below_reference_warning(model: dict[str, Any], reference: dict[str, Any]) -
 
 def _add_prediction_spread(section: Section, classes: list[str], y_pred: np.ndarray) -> None:
     """The share of the most common prediction; a loud warning when (nearly) every row gets that one class."""
-    share = dominant_prediction_share(y_pred)
-    dominant = classes[int(np.bincount(y_pred).argmax())] if y_pred.size else None
-    one_class = predicts_one_class(y_pred)
+    index, share = dominant_prediction(y_pred)
+    dominant = None if index is None else classes[index]
+    one_class = share >= ONE_CLASS_SHARE
     section.data["predictions"] = {
         "dominant_class": dominant,
         "dominant_share": share,

@@ -34,7 +34,7 @@ import pandas as pd
 
 from audit.groups import group_labels, group_masks, group_metric, sensitive_features
 from audit.intervals import clopper_pearson_arrays
-from audit.performance import dominant_prediction_share, predicts_one_class
+from audit.performance import ONE_CLASS_SHARE, dominant_prediction
 from audit.report import Figure, Section, Series, Table, clean_number, metric_segment
 from audit_plugins.fairness_metrics import (
     INTERVAL_METHODS,
@@ -116,12 +116,12 @@ def _interval_facts(intervals: str) -> dict[str, Any]:
 
 def constant_predictions(y_pred: np.ndarray, classes: Sequence[str], by: str) -> dict[str, Any] | None:
     """The payload's ``constant_predictions``: the one class (nearly) every row got, its share; None otherwise."""
-    if not predicts_one_class(y_pred):
+    dominant, share = dominant_prediction(y_pred)
+    if dominant is None or not share >= ONE_CLASS_SHARE:
         return None
-    dominant = int(np.bincount(np.asarray(y_pred, dtype=np.int64)).argmax())
     return {
         "class": str(classes[dominant]) if dominant < len(classes) else str(dominant),
-        "share": dominant_prediction_share(y_pred),
+        "share": share,
         "rows": int(np.asarray(y_pred).size),
         "by": by,
     }

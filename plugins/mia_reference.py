@@ -162,7 +162,7 @@ def reference_attacks(
     seed: int,
     confidence: float,
 ) -> tuple[list[AttackResult], dict[str, Any]]:
-    """Offline RMIA and LiRA on the audited rows, and what they cost (JSON-able).
+    """Offline RMIA on the audited rows, and what they cost (JSON-able).
 
     The reference models' training reseeds the global random streams; they are forked so that the sections
     computed after this one draw what they would have drawn without it.

@@ -166,7 +166,7 @@ def audit_cli_options() -> list[CliOption]:
             dict(
                 type=int,
                 default=None,
-                help=f"reference models for the RMIA/LiRA attacks [{mia_reference.REFERENCE_MODELS} on tables, "
+                help=f"reference models for the RMIA attack [{mia_reference.REFERENCE_MODELS} on tables, "
                 "0 on images; 0: off]",
             ),
         ),
@@ -496,7 +496,7 @@ def membership_payload(ctx: EvalContext, delta: float) -> dict[str, Any]:
         confidence=level,
     )
     reference = None
-    if models:  # offline RMIA and LiRA: K reference models trained on rows that are never audited
+    if models:  # offline RMIA: K reference models trained on rows that are never audited
         more, reference = _reference_attacks(
             ctx, members, nonmembers, models=models, delta=delta, level=level
         )
