@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +107,23 @@ def chosen_facts(trial: Any, outcome: Any, plan: Any) -> dict[str, Any]:
     }
 
 
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_path`` (POSIX ``flock``; no lock where fcntl is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: concurrent processes on one folder are then the user's to avoid
+        yield
+        return
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def run(args: argparse.Namespace, pm: pluggy.PluginManager) -> int:
     """Search, choose, audit the chosen model on the test split, write the report; exit 1 when none passes."""
     from audit.cli_output import written_line
@@ -126,9 +145,13 @@ def run(args: argparse.Namespace, pm: pluggy.PluginManager) -> int:
     trials = complete_trials(study)
     best = pick_trial(trials, plan.pick, [t.number for t in study.best_trials])
     chosen = None
-    if best is not None:
-        chosen = chosen_facts(best, train_chosen(plan, best, pm), plan)
-    written = write_tune_report(plan.out, study_data(study, plan, chosen))
+    # Processes sharing one study (the documented way to run N) also share <out>: each writes chosen/ and the
+    # report, one process at a time, or one's staged swap of the folder could pull files from under the other.
+    # the lock lives beside <out>, not in it: writing the report swaps the folder itself
+    with _exclusive(plan.out.parent / f".{plan.out.name}.tune.lock"):
+        if best is not None:
+            chosen = chosen_facts(best, train_chosen(plan, best, pm), plan)
+        written = write_tune_report(plan.out, study_data(study, plan, chosen))
     if not plan.quiet:
         print(written_line(written + ([plan.out / "chosen"] if chosen else [])))
     if best is None:
