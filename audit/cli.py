@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import tempfile
+import time
 import traceback
 import warnings
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ from audit.tracking import add_mlflow_argument, open_tracking
 
 # The exit-code contract: 1 means only "a gate failed", so CI can tell a policy decision from a crash.
 EXIT_OK, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL_ERROR = 0, 1, 2, 3
+DISTRIBUTED_GRACE_S = 3.0  # see main(): how long a failed distributed worker waits before it reports
 
 
 class _Parser(argparse.ArgumentParser):
@@ -132,6 +134,16 @@ def _add_training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true", default=S, help="torch.compile the model")
 
 
+def _add_launch(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--nproc-per-node",
+        type=int,
+        default=argparse.SUPPRESS,
+        help="train on N local processes (torchrun, DistributedDataParallel; gloo on CPU, NCCL one GPU each); "
+        "--batch-size stays the global batch [1]",
+    )
+
+
 def _add_trained_elsewhere(p: argparse.ArgumentParser) -> None:
     """evaluate's options for a model trained outside rai-audit (see the README's Security model)."""
     S = argparse.SUPPRESS
@@ -190,6 +202,7 @@ def build_parser(
     _add_common(core)
     add_mlflow_argument(core)
     _add_training(core)
+    _add_launch(core)
     evaluate = sub.add_parser("evaluate", help="audit a saved model again, without training")
     evaluate_core = evaluate.add_argument_group("core options")
     evaluate_core.add_argument(
@@ -407,6 +420,9 @@ def _train_or_evaluate(
 ) -> int:
     from audit.runner import run_evaluate, run_train
 
+    launched = _launch_if_asked(args, argv)
+    if launched is not None:
+        return launched
     sources = _given(args, from_argv, plugin_options)
     config = build_config(
         _merge(args, plugin_options, argv), {o.dest: o for o in plugin_options}, sources=sources
@@ -418,6 +434,8 @@ def _train_or_evaluate(
         if config.quiet:
             warnings.simplefilter("ignore")  # --quiet: the report carries every warning that matters
         outcome = (run_train if args.cmd == "train" else run_evaluate)(config, pm)
+    if not outcome.report:  # a distributed run's rank above 0: rank 0 audits, writes and prints
+        return EXIT_OK
     gate = outcome.report["metrics"].get("gate.passed")
     if not config.quiet:
         _print_summary(outcome.report)
@@ -428,6 +446,38 @@ def _train_or_evaluate(
     files = set_files(outcome.out_dir / "report.json", outcome.report)
     finish_command(files, report=outcome.report, command=args.cmd, tracking=tracking, quiet=config.quiet)
     return EXIT_GATE_FAILED if gate == 0 else EXIT_OK
+
+
+def _launch_if_asked(args: argparse.Namespace, argv: Sequence[str]) -> int | None:
+    """``--nproc-per-node N`` (N > 1): start N processes of this same command under torchrun; their exit code.
+
+    None: run here (no flag, N = 1, or this process is already one of torchrun's workers)."""
+    nproc = vars(args).pop("nproc_per_node", None)
+    if nproc is None or "LOCAL_WORLD_SIZE" in os.environ:  # a worker: the flag came back from --config
+        return None
+    if nproc < 1:
+        raise AuditError(f"--nproc-per-node must be at least 1, got {nproc}")
+    if nproc == 1:
+        return None
+    from audit.distributed import launch
+
+    code, line = launch(without_flag(argv, "--nproc-per-node"), nproc_per_node=nproc)
+    if line is not None:
+        print(f"audit: error: {line}", file=sys.stderr)
+    return code
+
+
+def without_flag(argv: Sequence[str], flag: str) -> list[str]:
+    """``argv`` without ``flag`` and its value (``--flag N`` or ``--flag=N``)."""
+    out, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token == flag:
+            skip = True
+        elif not token.startswith(f"{flag}="):
+            out.append(token)
+    return out
 
 
 def _run(argv: Sequence[str]) -> int:
@@ -501,13 +551,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _run(argv)
     except AuditError as exc:
-        print(f"audit: error: {exc}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # torchrun's other workers meet the same check: one line
+            print(f"audit: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("audit: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug (ours or a plugin's) is not a verdict: exit 3, never 1
         text = traceback.format_exc()
+        if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+            # A distributed worker whose peer died fails too (a broken connection): torchrun's agent stops it
+            # within this grace, so only the worker that failed first speaks (or the launcher, for one killed).
+            time.sleep(DISTRIBUTED_GRACE_S)
         if "--debug" in argv:
             print(text, file=sys.stderr, end="")
         where = _crash_log(argv, text)

@@ -29,6 +29,10 @@ MAX_ABS_VALUE = 1e150
 # A target with more classes than this, most of them on a single row, is a regression target given to a classifier.
 CONTINUOUS_TARGET_CLASSES = 50
 MAX_SAVED_GROUPS = 1000  # a sensitive column's training groups are saved with the model up to this many
+PARQUET_HASH_BLOCK = 1 << 22  # bytes hashed at a time
+# Rows transformed at a time into the feature matrix: a block's float64 temporaries stay a few MB, in cache.
+TRANSFORM_ROWS = 32_768
+CHECK_ROWS = 1 << 20  # rows checked for non-finite inputs at a time
 
 
 @dataclass
@@ -55,14 +59,31 @@ class TabularPreprocessor:
     categories: list[list[str]] = field(default_factory=list)
 
     @classmethod
-    def fit(cls, frame: pd.DataFrame, *, numeric: list[str], categorical: list[str]) -> TabularPreprocessor:
-        """Fit on the training rows only."""
-        values = frame[numeric].astype("float64")
-        medians = values.median().fillna(0.0)
-        filled = values.fillna(medians)
-        stds = filled.std(ddof=0).replace(0.0, 1.0).fillna(1.0)
-        categories = [sorted(_as_category(frame[col]).unique().tolist()) for col in categorical]
-        return cls(numeric, categorical, medians.tolist(), filled.mean().tolist(), stds.tolist(), categories)
+    def fit(
+        cls,
+        frame: pd.DataFrame,
+        *,
+        numeric: list[str],
+        categorical: list[str],
+        rows: np.ndarray | None = None,
+    ) -> TabularPreprocessor:
+        """Fit on the training rows only: ``rows`` of ``frame`` (every row when None), one column at a time."""
+        medians, means, stds = [], [], []
+        for col in numeric:  # one float64 copy of one column at a time, never of the whole table
+            values = pd.Series(_numeric_values(frame, col, rows), copy=False)
+            median = values.median()
+            median = 0.0 if np.isnan(median) else float(median)
+            filled = values.fillna(median)
+            std = filled.std(ddof=0)
+            medians.append(median)
+            means.append(float(filled.mean()))
+            stds.append(1.0 if std == 0.0 or np.isnan(std) else float(std))
+        categories = []
+        for col in categorical:
+            codes, labels = _category_codes(frame[col])
+            seen = np.bincount(codes if rows is None else codes[rows], minlength=len(labels)) > 0
+            categories.append(sorted({labels[i] for i in np.flatnonzero(seen)}))
+        return cls(numeric, categorical, medians, means, stds, categories)
 
     @property
     def feature_names(self) -> list[str]:
@@ -72,27 +93,66 @@ class TabularPreprocessor:
             names.extend(f"{col}={cat}" for cat in cats)
         return names
 
-    def transform(self, frame: pd.DataFrame) -> np.ndarray:
-        """Return the model's float32 input matrix for these rows (vectorised, no per-row Python)."""
+    def transform(
+        self, frame: pd.DataFrame, *, rows: np.ndarray | None = None, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Return the model's float32 input matrix for these rows (``rows`` of ``frame``: distinct positions, in that
+        order; all if None).
+
+        ``out``: a zero-filled float32 matrix of those rows to fill (a part of a larger one), returned.
+
+        Filled block by block straight into one float32 matrix: no float64 copy of the table. Each value is
+        computed as before in float64 ((value - mean) / std, then rounded once to float32), so it is bit for bit
+        the whole-table transform's.
+        """
         missing = [c for c in self.numeric + self.categorical if c not in frame.columns]
         if missing:
             raise AuditError(f"data lacks column(s) {', '.join(missing)} that the model was trained on")
-        n = len(frame)
-        blocks = []
-        if self.numeric:
-            try:
-                values = frame[self.numeric].astype("float64").to_numpy()
-            except (TypeError, ValueError):
-                raise AuditError(_non_numeric_message(frame, self.numeric)) from None
-            values = np.where(np.isnan(values), np.asarray(self.medians), values)
-            blocks.append((values - np.asarray(self.means)) / np.asarray(self.stds))
+        n = len(frame) if rows is None else len(rows)
+        try:
+            numeric = [_numeric_values(frame, col, None) for col in self.numeric]
+        except (TypeError, ValueError):
+            raise AuditError(_non_numeric_message(frame, self.numeric)) from None
+        onehot, offset = [], len(self.numeric)
         for col, cats in zip(self.categorical, self.categories):
-            codes = pd.Categorical(_as_category(frame[col]), categories=cats).codes
-            onehot = np.zeros((n, len(cats)))
-            known = codes >= 0
-            onehot[np.flatnonzero(known), codes[known]] = 1.0
-            blocks.append(onehot)
-        return np.concatenate(blocks, axis=1).astype(np.float32) if blocks else np.zeros((n, 0), np.float32)
+            codes, labels = _category_codes(frame[col])
+            position = pd.Index(cats, dtype=object).get_indexer(pd.Index(labels, dtype=object))
+            onehot.append((codes, np.where(position >= 0, position + offset, -1)))
+            offset += len(cats)
+        out = np.zeros((n, offset), np.float32) if out is None else out
+        if rows is None:
+            for start in range(0, n, TRANSFORM_ROWS):
+                self._fill(
+                    out[start : start + TRANSFORM_ROWS], numeric, onehot, slice(start, start + TRANSFORM_ROWS)
+                )
+            return out
+        # Read the frame in its own order and send each row to its place: gathering shuffled rows column by column
+        # missed the cache on every value (10M rows on a busy 2-core machine: 65 s, against 35 s this way).
+        place = np.full(len(frame), -1, np.int64)
+        place[rows] = np.arange(n)
+        for start in range(0, len(frame), TRANSFORM_ROWS):
+            wanted = np.flatnonzero(place[start : start + TRANSFORM_ROWS] >= 0) + start
+            block = np.zeros((len(wanted), offset), np.float32)
+            self._fill(block, numeric, onehot, wanted)
+            out[place[wanted]] = block
+        return out
+
+    def _fill(
+        self,
+        block: np.ndarray,
+        numeric: list[np.ndarray],
+        onehot: list[tuple[np.ndarray, np.ndarray]],
+        take: slice | np.ndarray,
+    ) -> None:
+        """One block of rows: standardised numeric columns, then a 1 in each categorical column's value."""
+        for j, values in enumerate(numeric):
+            part = values[take]
+            part = np.where(np.isnan(part), self.medians[j], part)
+            block[:, j] = (part - self.means[j]) / self.stds[j]
+        for codes, columns in onehot:
+            column = columns[codes[take]]
+            known = np.flatnonzero(column >= 0)
+            block[known, column[known]] = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         """Return JSON-able state (saved inside model.pt)."""
@@ -178,7 +238,33 @@ class Dataset:
 
 
 def _as_category(column: pd.Series) -> pd.Series:
+    if isinstance(column.dtype, pd.CategoricalDtype):  # the strings it holds, without a string per row
+        codes, labels = _category_codes(column)
+        return pd.Series(np.asarray(labels, dtype=object)[codes], index=column.index, copy=False)
     return column.astype("string").fillna(MISSING).astype(str)
+
+
+def _category_codes(column: pd.Series) -> tuple[np.ndarray, list[str]]:
+    """A column as categories: (a small code per row, each code's label), a label being ``_as_category``'s string.
+
+    A categorical column (Parquet text) converts its few categories, not its rows; missing cells get the last
+    code, labelled ``MISSING`` (a literal ``MISSING`` value may then be labelled twice: same string, same group).
+    """
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        names = pd.Series(column.cat.categories, dtype=column.cat.categories.dtype)
+        labels = names.astype("string").fillna(MISSING).astype(str).tolist() + [MISSING]
+        codes = column.cat.codes.to_numpy()
+        codes = np.where(codes < 0, len(labels) - 1, codes) if (codes < 0).any() else codes
+    else:
+        codes, uniques = pd.factorize(_as_category(column).to_numpy(dtype=object))
+        labels = [str(label) for label in uniques]
+    return codes.astype(np.min_scalar_type(max(len(labels) - 1, 0)), copy=False), labels
+
+
+def _numeric_values(frame: pd.DataFrame, col: str, rows: np.ndarray | None) -> np.ndarray:
+    """One numeric column's values (``rows`` of them, all when None) as float64 (no copy when it is float64)."""
+    values = frame[col].astype("float64").to_numpy()
+    return values if rows is None else values[rows]
 
 
 def _number_count(column: pd.Series) -> tuple[int, int, Any]:
@@ -219,8 +305,11 @@ def read_table(path: str) -> tuple[pd.DataFrame, str]:
         raise AuditError(
             f"data file {path} has an unknown type {suffix!r}; expected .csv, .tsv or .parquet{hint}"
         )
-    raw = file.read_bytes()
-    digest = hashlib.sha256(raw).hexdigest()
+    if suffix in PARQUET_SUFFIXES:  # read column-wise by pyarrow: the file's bytes are hashed, never held
+        raw, digest = b"", _file_digest(file)
+    else:
+        raw = file.read_bytes()
+        digest = hashlib.sha256(raw).hexdigest()
     frame = _parse_table(file, path, raw)
     if len(frame) == 0:
         raise AuditError(f"data file {path} has no data rows; expected a header row and data rows")
@@ -234,7 +323,7 @@ def _parse_table(file: Path, path: str, raw: bytes) -> pd.DataFrame:
             import pyarrow.parquet as pq  # pandas' Parquet engine; imported only to read a Parquet file
 
             _check_header(pq.read_schema(file).names, path)
-            return pd.read_parquet(file)
+            return _read_parquet(file)
         _check_text(raw, path)
         sep = CSV_SEPARATORS[suffix]
         options = dict(sep=sep, skipinitialspace=True)
@@ -249,6 +338,31 @@ def _parse_table(file: Path, path: str, raw: bytes) -> pd.DataFrame:
         raise AuditError(_not_utf8(raw, path)) from None
     except (pd.errors.ParserError, OSError, ValueError) as exc:
         raise AuditError(f"data file {path} could not be parsed: {str(exc).splitlines()[0]}") from None
+
+
+def _file_digest(file: Path) -> str:
+    """SHA-256 of a file's bytes, read in blocks (a 10-million-row table is never held whole for its hash)."""
+    digest = hashlib.sha256()
+    with file.open("rb") as handle:
+        for block in iter(lambda: handle.read(PARQUET_HASH_BLOCK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_parquet(file: Path) -> pd.DataFrame:
+    """A Parquet file as a frame: text columns as categoricals (one small code per row, not a string per row).
+
+    The values are the file's; every later step reads a categorical column as the strings it holds (see
+    ``_category_codes``). Columns stay unconsolidated and Arrow's buffers are freed as they convert, so the
+    frame is the only full copy of the table.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(file)
+    text = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    table = pq.read_table(file, read_dictionary=text)
+    return table.to_pandas(split_blocks=True, self_destruct=True)
 
 
 def _check_text(raw: bytes, path: str) -> None:
@@ -330,7 +444,7 @@ def _encode_target(
         raise AuditError(
             f"target column {target!r} in {source} has {n_missing} missing value(s); expected every row labelled"
         )
-    labels = column.astype(str).str.strip()
+    codes, labels = _target_labels(column)
     if classes is None:
         uniques = pd.unique(column)
         try:
@@ -342,13 +456,22 @@ def _encode_target(
             raise AuditError(
                 f"target column {target!r} in {source} has a single value {classes[0]!r}; expected at least two classes"
             )
-    codes = pd.Categorical(labels, categories=classes).codes
-    if (codes < 0).any():
-        unseen = sorted(set(labels[codes < 0]))[:5]
+    positions = pd.Categorical(labels, categories=classes).codes  # each distinct label's class
+    if (positions < 0).any():
+        unseen = sorted(set(labels[positions < 0]))[:5]
         raise AuditError(
             f"target column {target!r} in {source} has value(s) {unseen} the model never saw; expected {classes}"
         )
-    return codes.astype(np.int64), classes
+    return positions[codes].astype(np.int64), classes
+
+
+def _target_labels(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(a code per row, the distinct labels: values as stripped strings), converting each distinct value once."""
+    if column.dtype == object:  # mixed Python values: hash-equal ones (1, 1.0, True) print differently
+        codes, uniques = pd.factorize(column.astype(str).str.strip())
+        return codes, np.asarray(uniques, dtype=object)
+    codes, uniques = pd.factorize(column)
+    return codes, pd.Series(uniques).astype(str).str.strip().to_numpy(dtype=object)
 
 
 def group_frame(frame: pd.DataFrame, sensitive: list[str], bins: dict[str, list[float]]) -> pd.DataFrame:
@@ -531,13 +654,17 @@ def _check_finite(frame: pd.DataFrame, columns: list[str], source: str, *, scale
             )
 
 
-def _check_standardised(pre: TabularPreprocessor, frame: pd.DataFrame, x: np.ndarray, source: str) -> None:
+def _check_standardised(
+    pre: TabularPreprocessor, frame: pd.DataFrame, rows: np.ndarray, x: np.ndarray, source: str
+) -> None:
     """Refuse a numeric column whose standardisation failed: a mean or std that is not finite, or a column that
-    varies in ``frame`` (the rows fitted on) but is constant in ``x`` (their transform)."""
+    varies in ``rows`` of ``frame`` (the rows fitted on) but is constant in ``x`` (their transform)."""
     for j, col in enumerate(pre.numeric):
-        raw = pd.to_numeric(frame[col], errors="coerce")
         mean, std = pre.means[j], pre.stds[j]
-        if np.isfinite(mean) and np.isfinite(std) and not (raw.nunique() > 1 and np.ptp(x[:, j]) == 0):
+        if np.isfinite(mean) and np.isfinite(std) and np.ptp(x[:, j]) != 0:
+            continue  # the cheap test first: counting distinct raw values is needed only for a constant column
+        raw = pd.to_numeric(frame[col].iloc[rows], errors="coerce")
+        if np.isfinite(mean) and np.isfinite(std) and raw.nunique() <= 1:
             continue
         raise AuditError(
             f"column {col!r} in {source} cannot be standardised (mean {mean:g}, std {std:g}, largest |value| "
@@ -545,13 +672,23 @@ def _check_standardised(pre: TabularPreprocessor, frame: pd.DataFrame, x: np.nda
         )
 
 
-def _transform(pre: TabularPreprocessor, frame: pd.DataFrame, source: str) -> np.ndarray:
-    """The model's inputs for these rows; refuse a value that standardises beyond float32 (naming it)."""
+def _transform(
+    pre: TabularPreprocessor,
+    frame: pd.DataFrame,
+    source: str,
+    rows: np.ndarray | None = None,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """The model's inputs for these rows (into ``out`` if given); refuse a value that standardises beyond
+    float32 (naming it)."""
     with np.errstate(over="ignore"):  # an overflow is refused below, naming the column and value
-        x = pre.transform(frame)
-    bad = np.argwhere(~np.isfinite(x[:, : len(pre.numeric)]))
-    if len(bad):
+        x = pre.transform(frame, rows=rows, out=out)
+    for start in range(0, len(x), CHECK_ROWS):  # block by block: no mask the size of the numeric columns
+        bad = np.argwhere(~np.isfinite(x[start : start + CHECK_ROWS, : len(pre.numeric)]))
+        if not len(bad):
+            continue
         row, j = bad[0]
+        row = start + row if rows is None else rows[start + row]
         col, mean, std = pre.numeric[j], pre.means[j], pre.stds[j]
         value = float(pd.to_numeric(frame[col], errors="coerce").iloc[row])
         raise AuditError(
@@ -663,14 +800,15 @@ def _check_classes(y: np.ndarray, classes: list[str], source: str, target: str, 
 def _preprocessing(
     config: RunConfig,
     columns: tuple[list[str], list[str]] | None,
-    train_frame: pd.DataFrame,
+    frame: pd.DataFrame,
+    train_rows: np.ndarray,
     schema: dict[str, Any] | None,
 ) -> tuple[TabularPreprocessor, dict[str, list[float]], list[str]]:
     """The preprocessing and sensitive bins: fitted on the training rows, or a saved model's; with notes on both."""
     if schema is None:
         numeric, categorical = columns
-        pre = TabularPreprocessor.fit(train_frame, numeric=numeric, categorical=categorical)
-        bins = sensitive_bins(train_frame, config.sensitive)
+        pre = TabularPreprocessor.fit(frame, numeric=numeric, categorical=categorical, rows=train_rows)
+        bins = sensitive_bins(frame[list(config.sensitive)].iloc[train_rows], config.sensitive)
     else:
         pre = TabularPreprocessor.from_dict(schema["preprocessor"])
         bins = {k: v for k, v in schema.get("group_bins", {}).items() if k in config.sensitive}
@@ -687,8 +825,11 @@ def _preprocessing(
     return pre, bins, notes
 
 
-def _missing_counts(frame: pd.DataFrame, pre: TabularPreprocessor) -> dict[str, int]:
-    return {str(c): int(v) for c, v in frame[pre.numeric + pre.categorical].isna().sum().items() if v}
+def _missing_counts(frames: list[pd.DataFrame], pre: TabularPreprocessor) -> dict[str, int]:
+    """Missing cells per feature column over these frames (counted column by column: no copy of the table)."""
+    columns = pre.numeric + pre.categorical
+    counts = {c: sum(int(f[c].isna().sum()) for f in frames) for c in columns}
+    return {str(c): v for c, v in counts.items() if v}
 
 
 def _split_rows(
@@ -698,20 +839,57 @@ def _split_rows(
     y_all: np.ndarray,
     classes: list[str],
     target: str,
-) -> list[tuple[pd.DataFrame, np.ndarray]]:
-    """Train, validation and test rows with their labels (test: the data's own split, else a stratified one)."""
+) -> list[tuple[pd.DataFrame, np.ndarray, np.ndarray]]:
+    """Train, validation and test rows: (their frame, row positions in it, labels); test is the data's own split,
+    else a stratified one. Positions, not copies of the frame."""
     if test_frame is None:
         rest, test_idx = _stratified_split(len(frame), y_all, config.test_fraction, config.seed)
-        test_frame, y_test = frame.iloc[test_idx], y_all[test_idx]
-        frame, y_all = frame.iloc[rest], y_all[rest]
+        test = (frame, test_idx, y_all[test_idx])
     else:
+        rest = np.arange(len(frame))
         y_test, _ = _encode_target(test_frame, target, config.data, classes)
-    train_idx, val_idx = _stratified_split(len(frame), y_all, config.val_fraction, config.seed)
+        test = (test_frame, np.arange(len(test_frame)), y_test)
+    train_idx, val_idx = _stratified_split(len(rest), y_all[rest], config.val_fraction, config.seed)
     return [
-        (frame.iloc[train_idx], y_all[train_idx]),
-        (frame.iloc[val_idx], y_all[val_idx]),
-        (test_frame, y_test),
+        (frame, rest[train_idx], y_all[rest[train_idx]]),
+        (frame, rest[val_idx], y_all[rest[val_idx]]),
+        test,
     ]
+
+
+def _feature_matrix(
+    pre: TabularPreprocessor, parts: list[tuple[pd.DataFrame, np.ndarray, np.ndarray]], source: str
+) -> list[np.ndarray]:
+    """Every split's inputs in one float32 matrix (train, validation, test rows in turn) and each split's view.
+
+    The features are held once: the splits' tensors are row ranges of this matrix.
+    """
+    sizes = [len(rows) for _, rows, _ in parts]
+    x = np.zeros((sum(sizes), len(pre.feature_names)), np.float32)
+    ends = np.cumsum(sizes)
+    views = [x[end - size : end] for size, end in zip(sizes, ends)]
+    if all(part is parts[0][0] for part, _, _ in parts):  # one frame: its rows in split order, in one pass
+        _transform(pre, parts[0][0], source, np.concatenate([rows for _, rows, _ in parts]), out=x)
+    else:
+        for (part, rows, _), view in zip(parts, views):
+            _transform(pre, part, source, rows, out=view)
+    return views
+
+
+def _split_groups(
+    parts: list[tuple[pd.DataFrame, np.ndarray, np.ndarray]],
+    sensitive: list[str],
+    bins: dict[str, list[float]],
+) -> list[pd.DataFrame]:
+    """Each split's group labels, computed once per frame and taken by row position."""
+    labelled: dict[int, pd.DataFrame] = {}
+    groups = []
+    for part, rows, _ in parts:
+        if id(part) not in labelled:
+            labelled[id(part)] = group_frame(part, sensitive, bins)
+        labels = labelled[id(part)]
+        groups.append(labels.iloc[rows] if len(labels.columns) else labels)  # no columns: no rows, as before
+    return groups
 
 
 def _build_tabular(
@@ -735,12 +913,13 @@ def _build_tabular(
     else:
         columns, coerced = None, []
     parts = _split_rows(config, frame, test_frame, y_all, classes, target)
-    pre, bins, notes = _preprocessing(config, columns, parts[0][0], schema)
-    xs = [_transform(pre, part, source) for part, _ in parts]
-    _check_standardised(pre, parts[0][0], xs[0], source)
+    pre, bins, notes = _preprocessing(config, columns, frame, parts[0][1], schema)
+    xs = _feature_matrix(pre, parts, source)
+    _check_standardised(pre, frame, parts[0][1], xs[0], source)
     mask, lower, upper = _tabular_bounds(xs[0], len(pre.numeric))
     train, val, test = (
-        _to_split(x, y, group_frame(p, config.sensitive, bins)) for x, (p, y) in zip(xs, parts)
+        _to_split(x, y, groups)
+        for x, (_, _, y), groups in zip(xs, parts, _split_groups(parts, config.sensitive, bins))
     )
     return Dataset(
         name=name,
@@ -759,7 +938,7 @@ def _build_tabular(
         lower=lower,
         upper=upper,
         preprocessor=pre,
-        missing_counts=_missing_counts(pd.concat([p for p, _ in parts]), pre),
+        missing_counts=_missing_counts([frame] if test_frame is None else [frame, test_frame], pre),
         positive_label=positive,
         group_bins=bins,
         notes=notes + coerced,
@@ -868,7 +1047,7 @@ def _build_evaluation_only(
         lower=torch.tensor(schema["lower"]),
         upper=torch.tensor(schema["upper"]),
         preprocessor=pre,
-        missing_counts=_missing_counts(frame, pre),
+        missing_counts=_missing_counts([frame], pre),
         positive_label=schema.get("positive_label"),
         group_bins=bins,
         notes=([] if len(train) else [NO_TRAINING_ROWS]) + notes + group_notes,

@@ -165,6 +165,10 @@ def efficiency_section(
         section.add_metric("train_time_s", result.train_time_s)
         section.add_metric("epoch_time_s", result.train_time_s / max(len(result.history), 1))
         section.add_metric("train_samples_per_s", result.samples_seen / max(result.train_time_s, 1e-9))
+        if result.world_size > 1:  # torchrun: samples_seen counts every process's rows
+            section.add_metric("world_size", result.world_size)
+            per_rank = result.samples_seen / max(result.train_time_s, 1e-9) / result.world_size
+            section.add_metric("train_samples_per_s_per_rank", per_rank)
         section.add_metric("epochs_run", len(result.history))
         section.add_metric("steps", result.steps)
     section.add_metric("peak_rss_mb", peak_rss_mb())
@@ -193,7 +197,8 @@ def efficiency_section(
             )
             section.notes.append(
                 "prune: 50% of Linear/Conv weights by global magnitude; size counts sparse storage. "
-                "quantize: dynamic int8 Linear layers."
+                "quantize: dynamic int8 Linear layers. The compressed models' full audit (accuracy by group, "
+                "fairness, robustness, membership inference) is the 'Compressed models' section."
             )
     section.notes.append(f"device {device}; latency is one forward pass, p50/p95 over repeated runs")
     section.summary = efficiency_summary(section.metrics)

@@ -16,6 +16,7 @@ from torch import nn
 
 from audit.config import RunConfig
 from audit.data import Dataset
+from audit.distributed import World, all_reduce_mean_
 from audit.errors import TrainingDiverged
 from audit.progress import progress_bar
 
@@ -36,6 +37,11 @@ class ShuffledBatches:
 
     def __call__(self, generator: torch.Generator) -> Iterator[torch.Tensor]:
         return iter(torch.randperm(self.num_rows, generator=generator).split(self.batch_size))
+
+    @staticmethod
+    def shard(idx: torch.Tensor, world: World) -> torch.Tensor:
+        """This rank's rows of a global batch: every ``world_size``-th, so the shards differ by one row at most."""
+        return idx[world.rank :: world.world_size]
 
 
 class PoissonBatches:
@@ -63,6 +69,14 @@ class PoissonBatches:
             more = torch.empty(chunk, dtype=torch.float64).geometric_(q, generator=generator).cumsum(0)
             positions = torch.cat([positions, positions[-1] + more])
         return positions[positions < n].long()
+
+    @staticmethod
+    def shard(idx: torch.Tensor, world: World) -> torch.Tensor:
+        """This rank's rows of a global Poisson batch: those with ``row % world_size == rank``.
+
+        Each rank then holds a Poisson(q) sample of its fixed share of the rows, independent of the others'
+        (the global draw is the union of the ranks' draws): sampling and accounting at rate q are unchanged."""
+        return idx[idx % world.world_size == world.rank]
 
 
 @dataclass(frozen=True)
@@ -104,6 +118,11 @@ class TrainingSetup:
     warnings: list[str] = field(default_factory=list)
     artifacts: dict[str, Any] = field(default_factory=dict)
     data_uses: list[DataUse] = field(default_factory=list)
+    # Distributed training (set by the runner for the released model only): this rank takes its shard of each
+    # global batch; the core wraps the model in DistributedDataParallel unless a plugin all-reduces the
+    # gradients itself (DP-SGD sums the clipped gradients before its noise) and says so here.
+    world: World | None = None
+    syncs_gradients: bool = False
 
 
 @dataclass
@@ -128,6 +147,7 @@ class TrainResult:
     train_time_s: float
     wall_time_s: float
     warnings: list[str]
+    world_size: int = 1  # processes that trained (samples_seen counts all of them)
 
 
 def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
@@ -189,6 +209,9 @@ class TrainingStep:
     def __call__(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Forward, weighted mean loss, backward, step; return the detached loss and the gradient norm (or None)."""
         setup = self.setup
+        rows = len(idx)  # the global batch's
+        if setup.world is not None:
+            idx = setup.batch_sampler.shard(idx, setup.world)
         idx = idx.to(setup.device, non_blocking=True)
         xb, yb = self.x.index_select(0, idx), self.y.index_select(0, idx)
         if setup.batch_transform is not None:
@@ -200,7 +223,14 @@ class TrainingStep:
         # sum / rows rather than .mean(): an empty Poisson batch then gives a loss of 0, not NaN.
         loss = per_sample.float().sum() / max(len(idx), 1)
         self.optimizer.zero_grad(set_to_none=True)
-        self._backward(loss, len(idx))
+        if setup.world is None:
+            self._backward(loss, len(idx))
+        else:
+            # This rank's share of the global mean: DDP's average of (world * local sum / global rows) over the
+            # ranks is the global batch's mean gradient, whatever the shard sizes; so is the epoch's mean loss.
+            share = len(idx) * setup.world.world_size / max(rows, 1)
+            self._backward(loss if setup.syncs_gradients else loss * share, len(idx))
+            loss = loss * share
         norm = self._grad_norm()
         self._optimizer_step()
         return loss.detach(), norm
@@ -376,6 +406,8 @@ def train(
         t0 = _clock(device)
         losses, norms, rows = run_epoch(step, bar)
         train_time += _clock(device) - t0
+        if setup.world is not None:  # every rank sees the global figures, so every rank stops alike
+            losses, norms = all_reduce_mean_(losses, setup.world), all_reduce_mean_(norms, setup.world)
         steps, seen = steps + steps_per_epoch, seen + rows
         health.check_finite(epoch, losses, norms)
         health.check_weights(epoch, setup.base_model)
@@ -403,4 +435,5 @@ def train(
         train_time_s=train_time,
         wall_time_s=time.perf_counter() - wall_start,
         warnings=health.warnings,
+        world_size=setup.world.world_size if setup.world is not None else 1,
     )

@@ -11,7 +11,7 @@ from torch import nn
 
 from audit.config import RunConfig
 from audit.data import Dataset
-from audit.engine import TrainResult, predict_logits
+from audit.engine import EVAL_BATCH, TrainResult, predict_logits
 from audit.training import train_variant
 
 
@@ -69,13 +69,29 @@ class EvalContext:
         )
 
 
+# Rows scored at a time for the per-sample losses: only this many rows' logits exist at once (a 6M-row training
+# split of many classes never has all its logits in memory). A multiple of the prediction batch, so the batches
+# the model sees, and so every loss, are those of one whole pass.
+LOSS_CHUNK_ROWS = EVAL_BATCH * 16
+
+
 def per_sample_losses(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    device: torch.device,
+    *,
+    chunk_rows: int = LOSS_CHUNK_ROWS,
 ) -> torch.Tensor:
-    """Unweighted per-sample cross-entropy, in eval mode."""
+    """Unweighted per-sample cross-entropy, in eval mode, ``chunk_rows`` rows at a time."""
     if len(y) == 0:
         return torch.zeros(0)
-    return nn.functional.cross_entropy(predict_logits(model, x, device), y, reduction="none")
+    return torch.cat(
+        [
+            nn.functional.cross_entropy(predict_logits(model, xs, device), ys, reduction="none")
+            for xs, ys in zip(x.split(chunk_rows), y.split(chunk_rows))
+        ]
+    )
 
 
 def build_context(

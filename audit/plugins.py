@@ -19,7 +19,10 @@ LOAD_PLUGINS_ENV = "AUDIT_PLUGINS"
 
 # Registered in every run, before the entry points, exactly as a third-party plugin would be (AUDIT_PLUGINS
 # does not filter them: the core's own metrics are always declared).
-DEFAULT_PLUGINS = {"core": "audit.default_plugins.core"}
+DEFAULT_PLUGINS = {
+    "core": "audit.default_plugins.core",
+    "compression": "audit.default_plugins.compression",
+}
 
 log = logging.getLogger(__name__)
 

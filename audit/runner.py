@@ -25,6 +25,7 @@ from audit.checkpoint import (
 from audit.compliance import evidence_from_specs, refresh_compliance
 from audit.config import RunConfig
 from audit.data import Dataset, load_dataset, load_ready_dataset
+from audit.distributed import World, process_group
 from audit.efficiency import efficiency_section
 from audit.engine import TrainingSetup, TrainResult, train
 from audit.errors import AuditError
@@ -38,7 +39,14 @@ from audit.progress import progress_bar
 from audit.provenance import run_info, sha256_hex
 from audit.report import Report, Section
 from audit.signing import check_model_file, resolve_sign_key
-from audit.training import attach_scheduler, build_setup, model_spec_for, resolve_device, seed_everything
+from audit.training import (
+    attach_scheduler,
+    build_setup,
+    distribute,
+    model_spec_for,
+    resolve_device,
+    seed_everything,
+)
 
 
 @dataclass
@@ -96,10 +104,11 @@ def train_with_plugins(setup: TrainingSetup, pm: pluggy.PluginManager) -> tuple[
     """Let plugins edit the setup, train, let them detach; return the result and the facts to save with the model."""
     pm.hook.audit_prepare_training(setup=setup)
     attach_scheduler(setup)
+    distribute(setup)  # after the plugins: DDP wraps the final model, unless DP-SGD syncs its own gradients
     result = train(
         setup,
         after_epoch=lambda state: pm.hook.audit_after_epoch(state=state),
-        progress=not setup.config.quiet,
+        progress=not setup.config.quiet and (setup.world is None or setup.world.is_main),
     )
     pm.hook.audit_after_training(setup=setup)
     metadata: dict[str, Any] = {}
@@ -114,6 +123,12 @@ def add_sections(report: Report, ctx: EvalContext, pm: pluggy.PluginManager, per
     report.add_section(efficiency_section(ctx.model, ctx.dataset, ctx.device, ctx.config, ctx.training))
     for section in collect_sections(pm, ctx):
         report.add_section(section)
+    # --- compress helper: each --compress model audited like the original (audit/compression.py) ---
+    if ctx.config.compress:
+        from audit.compression import compression_section
+
+        report.add_section(compression_section(ctx, pm, report))
+    # --- end compress helper ---
 
 
 def run_train(
@@ -136,9 +151,27 @@ def run_train(
     if audit_on_validation:
         dataset = validation_as_test(dataset)
     config.resolve(train_rows=len(dataset.train), plugin_defaults=plugin_defaults(config, pm))
-    device = resolve_device(config.device)
+    with process_group(resolve_device(config.device)) as world:
+        return _train_and_audit(config, pm, dataset, generator, world, started=started, write=write)
+
+
+def _train_and_audit(
+    config: RunConfig,
+    pm: pluggy.PluginManager,
+    dataset: Dataset,
+    generator: torch.Generator,
+    world: World | None,
+    *,
+    started: dt.datetime,
+    write: bool,
+) -> RunOutcome:
+    """Train (on every rank), then audit and write once (rank 0; the other ranks return an empty outcome)."""
+    device = world.device if world is not None else resolve_device(config.device)
     setup = build_setup(config, dataset, device, generator, model_spec_for(config, dataset))
+    setup.world = world
     result, metadata = train_with_plugins(setup, pm)
+    if world is not None and not world.is_main:
+        return RunOutcome(report={}, out_dir=default_out_dir(config))
     model = setup.base_model.eval()
     ctx = build_context(
         config=config,
@@ -152,6 +185,7 @@ def run_train(
     model_bytes = checkpoint_bytes(setup.model_spec, model, dataset, config, metadata)
     report = Report(run=run_info(config, dataset, device, started))
     report.run["model_sha256"] = sha256_hex(model_bytes)
+    report.run.update(world_facts(result, world))
     performance = performance_section(ctx)
     performance.notes.extend(setup.notes)
     performance.warnings.extend(setup.warnings)
@@ -159,6 +193,21 @@ def run_train(
     outcome = _finish(config, report, model_bytes, pm, write=write)
     outcome.model = model
     return outcome
+
+
+def world_facts(result: TrainResult, world: World | None) -> dict[str, Any]:
+    """The run block's training processes: ``world_size``, and for a distributed run its backend and throughput."""
+    if world is None:
+        return {"world_size": 1}
+    rate = result.samples_seen / max(result.train_time_s, 1e-9)
+    return {
+        "world_size": world.world_size,
+        "distributed": {
+            "backend": "nccl" if world.device.type == "cuda" else "gloo",
+            "train_samples_per_s": rate,
+            "train_samples_per_s_per_rank": rate / world.world_size,
+        },
+    }
 
 
 def validation_as_test(dataset: Dataset) -> Dataset:

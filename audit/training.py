@@ -14,6 +14,7 @@ from torch import nn
 
 from audit.config import RunConfig
 from audit.data import Dataset
+from audit.distributed import broadcast_
 from audit.engine import ShuffledBatches, TrainingSetup, TrainResult, train
 from audit.models import build_model, model_spec
 
@@ -96,6 +97,26 @@ def attach_scheduler(setup: TrainingSetup) -> None:
         setup.scheduler = torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=config.lr, total_steps=total, cycle_momentum=cycle_momentum
         )
+
+
+def distribute(setup: TrainingSetup) -> None:
+    """For a distributed run, after the plugins' edits: DistributedDataParallel on the model, unless a plugin
+    all-reduces the gradients itself (``setup.syncs_gradients``); then rank 0's weights are copied to every rank."""
+    world = setup.world
+    if world is None:
+        return
+    backend = "NCCL" if world.device.type == "cuda" else "gloo"
+    setup.notes.append(
+        f"distributed: {world.world_size} processes ({backend}); --batch-size {setup.config.batch_size} is the "
+        "global batch, each process trains on its shard of every batch; the learning rate is unchanged"
+    )
+    if setup.syncs_gradients:
+        broadcast_([*setup.base_model.parameters(), *setup.base_model.buffers()])
+        return
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [world.device.index] if world.device.type == "cuda" else None
+    setup.model = DistributedDataParallel(setup.model, device_ids=device_ids)
 
 
 def per_sample_criterion(label_smoothing: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:

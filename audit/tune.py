@@ -7,10 +7,12 @@ study's constraints. The test split is scored once, by the chosen model's full a
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import logging
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -33,6 +35,16 @@ from audit.tune_space import as_settings, suggest, trial_options
 log = logging.getLogger(__name__)
 MISSING_VIOLATION = (
     1e6  # a rule whose metric is missing fails closed, as the gate does, and is the worst miss
+)
+SQLITE_TIMEOUT_S = (
+    60  # how long a process waits for another's write lock on the study file (sqlite3's is 5 s)
+)
+POLL_S = 0.5  # how often a process that must wait for the other processes' running trials looks again
+# A RUNNING trial that never reached the objective (its process died between Optuna writing it and the first
+# heartbeat, so Optuna's fail_stale_trials cannot see it) is taken for dead this long after it started.
+ORPHAN_S = 60
+WORKER_SEED_STRIDE = (
+    100_003  # --jobs worker k's sampler seed is offset by k times this: distinct startup draws
 )
 
 
@@ -239,15 +251,58 @@ def constraints_of(trial: optuna.trial.FrozenTrial) -> list[float]:
     return trial.user_attrs.get("constraints", [])
 
 
+class StudyLock:
+    """An exclusive POSIX ``flock`` on a file, taken and released explicitly (a no-op where fcntl is missing).
+
+    ``release`` is idempotent: ``optimize`` releases it inside the trial, once Optuna has written the trial."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._handle: Any = None
+
+    def acquire(self) -> None:
+        """Block until this process holds the lock."""
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: concurrent processes on one study are then the user's to avoid
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a")  # noqa: SIM115 - held across calls, closed by release
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        self._handle = handle
+
+    def release(self) -> None:
+        """Give the lock back (closing the file drops the flock); nothing when not held."""
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            handle.close()
+
+    def __enter__(self) -> StudyLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def study_lock(plan: Plan) -> StudyLock:
+    """The lock beside the study file that makes 'count the trials, then start one' atomic across processes."""
+    return StudyLock(plan.study_path.with_name(f".{plan.study_path.name}.lock"))
+
+
 def _storage(path: Path) -> optuna.storages.RDBStorage:
-    """The SQLite storage with a heartbeat; two processes creating the same new file race on its schema, so the
+    """The SQLite storage with a heartbeat and a long busy timeout (several processes write one file: Optuna
+    issue #820, 'database is locked'); two processes creating the same new file race on its schema, so the
     loser retries once the winner has made it."""
     import sqlalchemy.exc
 
     for attempt in range(5):
         try:
             return optuna.storages.RDBStorage(
-                f"sqlite:///{path.resolve()}", heartbeat_interval=2, grace_period=6
+                f"sqlite:///{path.resolve()}",
+                engine_kwargs={"connect_args": {"timeout": SQLITE_TIMEOUT_S}},
+                heartbeat_interval=2,
+                grace_period=6,
             )
         except sqlalchemy.exc.SQLAlchemyError:
             if attempt == 4:
@@ -256,8 +311,9 @@ def _storage(path: Path) -> optuna.storages.RDBStorage:
     raise AssertionError("unreachable")
 
 
-def open_study(plan: Plan) -> optuna.Study:
-    """Create or continue the study in SQLite; trials whose process died (no heartbeat) are marked FAIL."""
+def open_study(plan: Plan, *, worker: int = 0) -> optuna.Study:
+    """Create or continue the study in SQLite; trials whose process died (no heartbeat) are marked FAIL.
+    ``worker``: the --jobs worker's index, which offsets the sampler's seed."""
     plan.study_path.parent.mkdir(parents=True, exist_ok=True)
     warnings.filterwarnings(
         "ignore", category=optuna.exceptions.ExperimentalWarning
@@ -272,9 +328,11 @@ def open_study(plan: Plan) -> optuna.Study:
         done = len(optuna.load_study(study_name=name, storage=storage).trials)
     except KeyError:
         pass
-    # Seeded by the trials already held, so a resumed study does not redraw the first trials' parameters.
+    # Seeded by the trials already held, so a resumed study does not redraw the first trials' parameters, and by
+    # the worker's index, so --jobs workers that open the study together do not draw the same startup points.
+    # (TPE's constant_liar, on by default, makes each worker treat the others' running trials as bad points.)
     sampler = optuna.samplers.TPESampler(
-        seed=plan.seed + done,
+        seed=plan.seed + done + WORKER_SEED_STRIDE * worker,
         n_startup_trials=min(10, max(plan.trials // 3, 2)),
     )
     # Median stopping on validation accuracy after 5 trials and 2 epochs (one-objective studies only).
@@ -296,17 +354,77 @@ def complete_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
 
 
+def trial_counts(study: optuna.Study) -> tuple[int, int]:
+    """(COMPLETE, RUNNING) trials of the study, read from the storage."""
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    return states.count(optuna.trial.TrialState.COMPLETE), states.count(optuna.trial.TrialState.RUNNING)
+
+
+def fail_orphans(study: optuna.Study) -> list[int]:
+    """Mark FAIL the RUNNING trials whose process died before the trial reached the objective (no ``pid`` user
+    attribute ``ORPHAN_S`` after the start, so no heartbeat either); return their numbers."""
+    now = dt.datetime.now()
+    orphans = [
+        t.number
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        if "pid" not in t.user_attrs
+        and t.datetime_start is not None
+        and (now - t.datetime_start).total_seconds() > ORPHAN_S
+    ]
+    for number in orphans:
+        study.tell(number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+    return orphans
+
+
+def _admit(study: optuna.Study, plan: Plan, lock: StudyLock) -> str:
+    """Under the lock: 'done' when the study holds --trials COMPLETE trials, 'wait' while the running ones could
+    still make it, else 'run' (the lock is then kept until the new trial is written)."""
+    lock.acquire()
+    try:
+        optuna.storages.fail_stale_trials(
+            study
+        )  # a dead process's trial frees its place after the grace period
+        fail_orphans(study)
+        complete, running = trial_counts(study)
+    except BaseException:
+        lock.release()
+        raise
+    verdict = "done" if complete >= plan.trials else "wait" if complete + running >= plan.trials else "run"
+    if verdict != "run":
+        lock.release()
+    return verdict
+
+
 def optimize(study: optuna.Study, plan: Plan, pm: pluggy.PluginManager) -> None:
-    """Run trials one at a time until the study holds --trials COMPLETE ones (a resumed study counts its own)."""
-    done = len(complete_trials(study))
+    """Run trials one at a time until the study holds exactly --trials COMPLETE ones, with any other processes on
+    the same study file: a trial starts only while COMPLETE + RUNNING < --trials, checked and written under
+    the study's lock (a pruned or failed trial frees its place; at most 3 x --trials attempts per process)."""
+    lock = study_lock(plan)
+
+    def objective(trial: optuna.Trial) -> list[float]:
+        lock.release()  # Optuna has written this trial (RUNNING): the next process may count it now
+        trial.set_user_attr(
+            "pid", os.getpid()
+        )  # it reached the objective: its heartbeat now tells if it lives
+        return run_trial(trial, plan, pm)
+
+    done = trial_counts(study)[0]
     with progress_bar(total=plan.trials, desc="tune", unit="trial", enabled=not plan.quiet) as bar:
         bar.update(done)
         attempts = 0
-        # pruned trials do not count, so the loop is bounded: at most three attempts per trial asked for
-        while done < plan.trials and attempts < 3 * plan.trials:
+        while attempts < 3 * plan.trials:
+            verdict = _admit(study, plan, lock)
+            if verdict == "done":
+                break
+            if verdict == "wait":
+                time.sleep(POLL_S)
+                continue
             attempts += 1
-            study.optimize(lambda trial: run_trial(trial, plan, pm), n_trials=1, catch=())
-            now = len(complete_trials(study))
+            try:
+                study.optimize(objective, n_trials=1, catch=())
+            finally:
+                lock.release()
+            now = trial_counts(study)[0]
             bar.update(now - done)
             done = now
             bar.set_postfix_str(f"feasible {len(feasible(complete_trials(study)))}")

@@ -37,6 +37,9 @@ MAX_REFERENCE_MODELS = 256
 # RMIA's offline scaling: Pr(x) ~ ((1 + a) * mean reference probability + (1 - a)) / 2 approximates the
 # average over models that did and did not train on x when only "out" models exist (their Section 4).
 RMIA_OFFLINE_A = 0.3
+# Each reference model trains on at most this many rows: it mimics the target's recipe, and beyond this its
+# scores rank rows alike while its cost would grow with the table (8 models x 3M rows each at 10M rows).
+MAX_ROWS_PER_MODEL = 100_000
 MIN_POOL_ROWS = 20  # fewer spare test rows than this: half of the audited non-members train the references
 REFERENCE_SEED_OFFSET = 611953  # a prime: the reference models' seeds are a stream of their own
 RMIA_NAME = "reference models (RMIA, offline)"
@@ -90,9 +93,21 @@ def train_reference_models(
         rows = torch.from_numpy(np.random.default_rng(seed).choice(pool, rows_per_model, replace=False))
         split = Split(test.x[rows], test.y[rows], test.groups.iloc[:0])
         reference_config = dataclasses.replace(config, seed=seed, quiet=True, sources=dict(config.sources))
-        model, _ = train_variant(reference_config, dataclasses.replace(dataset, train=split), device=device)
+        data = dataclasses.replace(dataset, train=split, val=_capped(dataset.val, seed))
+        model, _ = train_variant(reference_config, data, device=device)
         trained.append(model)
     return trained
+
+
+def _capped(split: Split, seed: int) -> Split:
+    """The split itself, or a seeded ``MAX_ROWS_PER_MODEL`` of its rows (a reference's early stopping on a large
+    table need not score every validation row each epoch)."""
+    if len(split) <= MAX_ROWS_PER_MODEL:
+        return split
+    rows = torch.from_numpy(
+        np.sort(np.random.default_rng(seed).choice(len(split), MAX_ROWS_PER_MODEL, replace=False))
+    )
+    return Split(split.x[rows], split.y[rows], split.groups.iloc[:0])
 
 
 def true_class_log_probs(
@@ -127,13 +142,24 @@ def reference_scores(
     plan: ReferencePlan,
     models: int,
     device: torch.device,
+    cache: dict[Any, list[torch.nn.Module]] | None = None,
 ) -> ReferenceScores:
-    """Train the reference models on the plan's pool and score the audited members and non-members."""
+    """Train the reference models on the plan's pool and score the audited members and non-members.
+
+    The references depend on the data, the pool and the seed, never on the audited model: with a ``cache`` (the
+    run's ``ctx.artifacts``), a second audited model of the same run (a compressed one) reuses them.
+    """
     started = time.perf_counter()
-    rows_per_model = int(min(len(dataset.train), len(plan.pool)))
-    refs = train_reference_models(
-        config, dataset, plan.pool, models=models, rows_per_model=rows_per_model, device=device
-    )
+    rows_per_model = int(min(len(dataset.train), len(plan.pool), MAX_ROWS_PER_MODEL))
+    key = (models, rows_per_model, config.seed, plan.pool.tobytes())
+    refs = (cache or {}).get(key)
+    if refs is None:
+        refs = train_reference_models(
+            config, dataset, plan.pool, models=models, rows_per_model=rows_per_model, device=device
+        )
+        if cache is not None:
+            cache[key] = refs
+    refs = [m.to(device) for m in refs]  # a compressed model may be audited on another device
     sides = []
     for split, rows in ((dataset.train, members), (dataset.test, plan.nonmembers)):
         reference_log_p = np.stack([true_class_log_probs(m, split, rows, device) for m in refs])
@@ -161,6 +187,7 @@ def reference_attacks(
     delta: float,
     seed: int,
     confidence: float,
+    cache: dict[Any, list[torch.nn.Module]] | None = None,
 ) -> tuple[list[AttackResult], dict[str, Any]]:
     """Offline RMIA on the audited rows, and what they cost (JSON-able).
 
@@ -177,6 +204,7 @@ def reference_attacks(
             plan=plan,
             models=models,
             device=device,
+            cache=cache,
         )
     attacks = [
         run_attack(
@@ -192,6 +220,7 @@ def reference_attacks(
         "models": scores.models,
         "rows_per_model": scores.rows_per_model,
         "pool_rows": scores.pool_rows,
+        "max_rows_per_model": MAX_ROWS_PER_MODEL,
         "audited_nonmembers": len(plan.nonmembers),
         "seconds": scores.seconds,
     }

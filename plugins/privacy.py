@@ -12,6 +12,7 @@ import torch
 
 from audit import AuditError, hookimpl
 from audit.config import CliOption, RunConfig
+from audit.distributed import all_reduce_sum_
 from audit.engine import DataUse, EpochState, PoissonBatches, TrainingSetup
 from audit.evaluation import EvalContext
 from audit.groups import group_labels, group_masks, group_metric, sensitive_features
@@ -67,9 +68,11 @@ GROUP_COLUMNS = {
     "non-members": "nonmembers",
     "AUC": "auc",
 }
+# ctx.artifacts key of the trained RMIA reference models: every model a run audits (a compressed one too) reuses them
+REFERENCE_CACHE = "privacy.mia_reference_models"
 ONE_PASS_METHOD = (
-    "per-sample gradient norms and clipped sums from one backward pass (book-keeping ghost clipping, "
-    "Linear layers), noise by Opacus' DPOptimizerFastGradientClipping"
+    "per-sample gradient norms and clipped sums from one backward pass (book-keeping ghost clipping: "
+    "Linear, Conv2d, GroupNorm and LayerNorm layers), noise by Opacus' DPOptimizerFastGradientClipping"
 )
 OPACUS_METHOD = "per-sample gradients by Opacus' GradSampleModule, clipping and noise by DPOptimizer"
 
@@ -335,7 +338,30 @@ def _privatise(setup: TrainingSetup, state: PrivacyState) -> str:
         setup.optimizer = DPOptimizer(setup.optimizer, **dp_kwargs)
         method = OPACUS_METHOD
     setup.optimizer.attach_step_hook(_step_hook(state))
+    if setup.world is not None:
+        _sum_over_ranks(setup.optimizer)
+        setup.syncs_gradients = True  # no DDP: its averaging would run before the clipping
+        method += (
+            f"; {setup.world.world_size} processes: each clips its shard's rows, the clipped sums are "
+            "all-reduced, then the noise is added once (the same seeded draw on every rank)"
+        )
     return method
+
+
+def _sum_over_ranks(optimizer: Any) -> None:
+    """Make the optimizer noise the clipped sum of the GLOBAL batch: all-reduce each rank's sum before the noise.
+
+    Every rank then adds the same seeded noise N(0, sigma^2 C^2) and divides by the global expected batch, so the
+    averaged gradient carries noise of std sigma C / (q N) once, as on one process (Opacus' DistributedDPOptimizer
+    reaches the same total by noising on rank 0 and averaging after; here the ranks never need a second
+    all-reduce and their weights stay identical)."""
+    add_noise = optimizer.add_noise
+
+    def add_noise_to_global_sum() -> None:
+        all_reduce_sum_([p.summed_grad for p in optimizer.params])
+        add_noise()
+
+    optimizer.add_noise = add_noise_to_global_sum
 
 
 @hookimpl(trylast=True)
@@ -384,6 +410,8 @@ def audit_after_epoch(state: EpochState) -> dict[str, float] | None:
     privacy: PrivacyState | None = state.setup.artifacts.get("privacy")
     if privacy is None:
         return None
+    if state.setup.world is not None:  # the global batch's share clipped
+        all_reduce_sum_([privacy.clip_counts])
     clipped, total = privacy.clip_counts.tolist()
     privacy.clip_counts.zero_()
     epoch = EpochPrivacy(state.epoch, privacy.epsilon(), clipped / total if total else math.nan)
@@ -503,8 +531,9 @@ def membership_payload(ctx: EvalContext, delta: float) -> dict[str, Any]:
         attacks += more
     groups = []
     for feature, columns in sensitive_features(ctx.dataset.sensitive):
-        member_groups = group_labels(ctx.dataset.train.groups, columns)[members]
-        nonmember_groups = group_labels(ctx.dataset.test.groups, columns)[nonmembers]
+        # label only the audited rows (a few thousand), not every training row of a large table
+        member_groups = group_labels(ctx.dataset.train.groups.iloc[members], columns)
+        nonmember_groups = group_labels(ctx.dataset.test.groups.iloc[nonmembers], columns)
         rows = group_aucs(-train_losses[members], -held_losses[nonmembers], member_groups, nonmember_groups)
         groups += [{"feature": feature, **row} for row in rows]
     return {
@@ -533,6 +562,7 @@ def _reference_attacks(
         delta=delta,
         seed=ctx.seed,
         confidence=level,
+        cache=ctx.artifacts.setdefault(REFERENCE_CACHE, {}),
     )
 
 

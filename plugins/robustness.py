@@ -36,8 +36,19 @@ from audit_plugins.robustness_attacks import (
     make_attack,
     sweep,
 )
+from audit_plugins.robustness_autoattack import (
+    DLR_MIN_CLASSES,
+    FAMILY,
+    NAMES,
+    SQUARE_QUERIES,
+    FamilyRun,
+    components_of,
+    keyed_target,
+    split,
+    sweep_family,
+)
 
-ATTACKS = ("fgsm", "pgd", "pgd-l2")
+ATTACKS = ("fgsm", "pgd", "pgd-l2", *NAMES)
 TAGS = ("EU AI Act Art. 15", "NIST AI RMF MEASURE 2.7")
 DEFAULT_EPS = {"tabular": [0.05, 0.1, 0.25, 0.5, 1.0], "image": [0.02, 0.05, 0.1, 0.2, 0.3]}
 EPS_UNITS = {"tabular": "standardised units", "image": "pixel units"}  # short forms, for the summary
@@ -55,8 +66,17 @@ OPTION_FLAGS = {
     "--robustness-samples": "robustness_samples",
     "--adv-eps": "adv_eps",
     "--perturb-categorical": "perturb_categorical",
+    "--square-queries": "square_queries",
 }
-OPTION_DEFAULTS = {"attack": "fgsm,pgd", "pgd_steps": 10, "pgd_alpha": 0.25, "robustness_samples": 1000}
+# PGD stays the default: AutoAttack's Square spends 5,000 queries on every row still standing at each epsilon,
+# minutes on the defaults on a CPU (bench_robustness.py), against PGD's second; the summary says PGD may overstate.
+OPTION_DEFAULTS = {
+    "attack": "fgsm,pgd",
+    "pgd_steps": 10,
+    "pgd_alpha": 0.25,
+    "robustness_samples": 1000,
+    "square_queries": SQUARE_QUERIES,
+}
 
 
 @dataclass(frozen=True)
@@ -73,6 +93,7 @@ class Settings:
     samples: int
     perturb_categorical: bool
     adv_eps: float | None
+    square_queries: int = SQUARE_QUERIES
 
     @classmethod
     def of(cls, config: RunConfig, dataset: Dataset) -> Settings | None:
@@ -91,6 +112,7 @@ class Settings:
             samples=config.option("robustness_samples"),
             perturb_categorical=bool(config.option("perturb_categorical", False)),
             adv_eps=config.option("adv_eps"),
+            square_queries=config.option("square_queries", SQUARE_QUERIES),
         )
 
     @property
@@ -124,7 +146,12 @@ CLI_OPTIONS = [
     ),
     CliOption(
         ("--attack",),
-        dict(default=None, help=f"attacks, comma-separated: {', '.join(ATTACKS)} [fgsm,pgd]"),
+        dict(
+            default=None,
+            help="attacks, comma-separated: fgsm, pgd, autoattack (AutoAttack's standard version) or one of its "
+            "components apgd-ce, apgd-dlr, fab, square; add -l2 for the L2 norm (pgd-l2, autoattack-l2, ...) "
+            "[fgsm,pgd]",
+        ),
     ),
     CliOption(
         ("--eps",),
@@ -158,6 +185,12 @@ CLI_OPTIONS = [
             action="store_true",
             default=False,
             help="also perturb one-hot columns (off: only numeric features move)",
+        ),
+    ),
+    CliOption(
+        ("--square-queries",),
+        dict(
+            type=int, default=None, help=f"queries of AutoAttack's Square attack per row [{SQUARE_QUERIES}]"
         ),
     ),
 ]
@@ -212,6 +245,8 @@ def _check_numbers(config: RunConfig) -> None:
         raise AuditError(f"--adv-eps must be a finite positive number, got {config.option('adv_eps')}")
     if config.option("robustness_samples") < 1:
         raise AuditError("--robustness-samples must be at least 1")
+    if config.option("square_queries") < 1:
+        raise AuditError("--square-queries must be at least 1")
 
 
 def eps_segment(eps: float) -> str:
@@ -235,6 +270,7 @@ def audit_prepare_training(setup: TrainingSetup) -> None:
     if settings is None:
         return
     check_perturbable(setup.dataset, perturb_categorical=settings.perturb_categorical)
+    check_classes(settings.attacks, setup.dataset.num_classes, image=setup.dataset.kind == "image")
     if settings.mode != "adv-train":
         return
     state = AdvTraining(adv_eps=settings.adv_eps or settings.eps[settings.middle], adv_steps=settings.steps)
@@ -244,6 +280,22 @@ def audit_prepare_training(setup: TrainingSetup) -> None:
         f"adversarial training: every batch replaced by PGD-{state.adv_steps} examples at epsilon "
         f"{state.adv_eps:g} (L-inf, random start)"
     )
+
+
+def check_classes(attacks: tuple[str, ...], num_classes: int, *, image: bool = True) -> None:
+    """Refuse APGD-T by name on fewer classes than its targeted DLR loss needs, and L2 Square by name on tables
+    (AutoAttack leaves each out there)."""
+    if not image and "square-l2" in attacks:
+        raise AuditError(
+            "--attack square-l2 needs image data: torchattacks' L2 Square tiles the input with square windows, and "
+            "a table's rows have none; use square (L-inf) or autoattack-l2 (which leaves Square out on tables)"
+        )
+    asked = [a for a in attacks if split(a)[0] == "apgd-dlr"]
+    if asked and num_classes < DLR_MIN_CLASSES:
+        raise AuditError(
+            f"--attack {asked[0]}: APGD-T's targeted DLR loss needs at least {DLR_MIN_CLASSES} classes, this data has "
+            f"{num_classes}; use apgd-ce or autoattack (which leaves APGD-T out here, as AutoAttack does)"
+        )
 
 
 def _adversarial_batches(
@@ -287,14 +339,17 @@ def audit_evaluate(ctx: EvalContext) -> Section | None:
     settings = Settings.of(ctx.config, ctx.dataset)
     if settings is None:
         return None
+    check_classes(settings.attacks, ctx.dataset.num_classes, image=ctx.dataset.kind == "image")
     rows = _attacked_rows(ctx, settings.samples)
     x, y = ctx.dataset.test.x[rows].to(ctx.device), ctx.dataset.test.y[rows].to(ctx.device)
     target = attack_target(ctx.model.eval(), ctx.dataset, x, perturb_categorical=settings.perturb_categorical)
-    clean_mask, masks = _attack(ctx, settings, target, y)
+    clean_mask, masks, runs = _attack(ctx, settings, target, x, y)
     section = Section("robustness", "Adversarial robustness")
     section.order = 50
     # The payload comes first (each number enters the metrics as it is measured); the rest renders it.
     section.data = _curves(section, settings, target, clean_mask, masks)
+    image = ctx.dataset.kind == "image"
+    section.data["autoattack"] = _family_payload(settings, runs, ctx.dataset.num_classes, image=image)
     section.data.update(_groups(ctx, section, settings, rows, clean_mask, masks))
     section.data.update(_sanity_checks(ctx, section, settings, target, y))
     adv = settings.mode == "adv-train" and ctx.training is not None
@@ -314,9 +369,9 @@ def _attacked_rows(ctx: EvalContext, samples: int) -> torch.Tensor:
 
 
 def _attack(
-    ctx: EvalContext, settings: Settings, target: AttackTarget, y: torch.Tensor
-) -> tuple[torch.Tensor, dict[str, dict[float, torch.Tensor]]]:
-    """The clean correct mask and, per attack, the robust-correct mask at every epsilon."""
+    ctx: EvalContext, settings: Settings, target: AttackTarget, x: torch.Tensor, y: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, dict[float, torch.Tensor]], dict[str, FamilyRun]]:
+    """The clean correct mask, per attack the robust-correct mask at every epsilon, and AutoAttack's runs."""
     clean_mask, clean_grad = clean_pass(target, y, with_grad=True)  # shared by every PGD sweep's first step
     eps_list = list(settings.eps)
     kw = dict(**settings.attack_kwargs(), seed=ctx.seed)
@@ -328,17 +383,53 @@ def _attack(
         leave=False,
     )
     masks: dict[str, dict[float, torch.Tensor]] = {}
+    runs: dict[str, FamilyRun] = {}
+    keyed: AttackTarget | None = None
     for attack in settings.attacks:
         bar.set_postfix_str(attack)
         # FGSM runs fresh at every epsilon so its raw curve can reveal gradient masking; PGD sweeps (see sweep:
-        # less work, never weaker).
+        # less work, never weaker); AutoAttack and its components cascade the same way.
         if attack == "fgsm":
             masks[attack] = independent(target, y, attack, eps_list, **kw)
-        else:
+        elif attack in ("pgd", "pgd-l2"):
             masks[attack] = sweep(target, y, attack, eps_list, clean=(clean_mask, clean_grad), **kw)
+        else:
+            keyed = keyed or keyed_target(
+                ctx.model,
+                ctx.dataset,
+                x,
+                perturb_categorical=settings.perturb_categorical,
+                eps_max=max(eps_list),
+            )
+            runs[attack] = sweep_family(
+                keyed,
+                y,
+                attack,
+                eps_list,
+                seed=ctx.seed,
+                num_classes=ctx.dataset.num_classes,
+                correct=clean_mask,
+                queries=settings.square_queries,
+            )
+            masks[attack] = runs[attack].masks
         bar.update(len(eps_list))
     bar.close()
-    return clean_mask, masks
+    return clean_mask, masks, runs
+
+
+def _family_payload(
+    settings: Settings, runs: dict[str, FamilyRun], num_classes: int, *, image: bool
+) -> dict[str, Any]:
+    """The payload's AutoAttack part: per attack of the family, its components and what each fooled per epsilon."""
+    return {
+        attack: {
+            "components": list(components_of(attack, num_classes, image=image)),
+            "square_queries": settings.square_queries,
+            "rows_attacked": [run.attacked[e] for e in settings.eps],
+            "fooled_by": [run.fooled_by[e] for e in settings.eps],
+        }
+        for attack, run in runs.items()
+    }
 
 
 def _interval(section: Section, name: str) -> tuple[float | None, float | None]:
@@ -356,6 +447,7 @@ def _curves(
 ) -> dict[str, Any]:
     """The payload's overall part: clean accuracy and each attack's curve, entered in the metrics as measured."""
     n = len(clean_mask)
+    worst = _worst_curve(section, settings, masks)
     clean = section.add_proportion("clean_accuracy", int(clean_mask.sum()), n)
     clean_low, clean_high = _interval(section, "clean_accuracy")
     section.add_metric("samples", n)
@@ -371,7 +463,27 @@ def _curves(
         "clean_ci_low": clean_low,
         "clean_ci_high": clean_high,
         "attacks": {a: _attack_curve(section, a, settings.eps, masks[a], clean) for a in masks},
+        "worst": worst,
     }
+
+
+def _worst_curve(
+    section: Section, settings: Settings, masks: dict[str, dict[float, torch.Tensor]]
+) -> dict[str, Any]:
+    """Robust accuracy over every attack run: a row counts as robust at an epsilon only if no attack fooled it there
+    or at a smaller epsilon (each adversarial point lies inside every larger ball), so it is at most the lowest
+    attack's figure. Its metrics go in first, the middle epsilon leading: they are the section's headline."""
+    eps_list = list(settings.eps)
+    robust = torch.stack([torch.stack([masks[a][e] for e in eps_list]) for a in masks]).all(0)
+    robust = robust.int().cummin(0).values.bool()  # fooled at a smaller epsilon: fooled from there on
+    curve: dict[str, Any] = {"robust_accuracy": [None] * len(eps_list), "ci_low": [None] * len(eps_list)}
+    curve["ci_high"] = [None] * len(eps_list)
+    for i in [settings.middle] + [j for j in range(len(eps_list)) if j != settings.middle]:
+        name = f"{eps_segment(eps_list[i])}.robust_accuracy"
+        curve["robust_accuracy"][i] = section.add_proportion(name, int(robust[i].sum()), robust.shape[1])
+        curve["ci_low"][i], curve["ci_high"][i] = _interval(section, name)
+    lowest = [min(masks, key=lambda a: (float(masks[a][e].float().mean()), a)) for e in eps_list]
+    return {**curve, "attacks": list(masks), "lowest_attack": lowest}
 
 
 def _attack_curve(
@@ -396,8 +508,8 @@ def _attack_curve(
 
 
 def strongest_attack(attacks: list[str] | tuple[str, ...]) -> str:
-    """The attack the per-group comparison uses: PGD (L-inf) when run, else the first."""
-    return "pgd" if "pgd" in attacks else attacks[0]
+    """The attack the per-group comparison uses: AutoAttack (L-inf) when run, else PGD (L-inf), else the first."""
+    return next((a for a in ("autoattack", "pgd") if a in attacks), attacks[0])
 
 
 def _groups(
@@ -544,10 +656,15 @@ def _notes(data: dict[str, Any], settings: Settings, kind: str) -> list[str]:
             f"{ref['eps']:g} (the middle epsilon)"
         )
     notes.append(
-        f"epsilon is in {data['unit']}; L-inf for fgsm/pgd, L2 for pgd-l2; {data['samples']} seeded test rows; "
-        f"PGD {settings.steps} steps of {settings.alpha:g}*epsilon, random start "
+        f"epsilon is in {data['unit']}; L2 for the attacks named -l2, L-inf for the others; {data['samples']} seeded "
+        f"test rows; PGD {settings.steps} steps of {settings.alpha:g}*epsilon, random start "
         f"{'on' if settings.random_start else 'off'}"
     )
+    notes.append(
+        "robustness.eps_*.robust_accuracy: a row counts as robust at an epsilon only if no attack run fooled it "
+        "there or at a smaller epsilon, so it is at most the lowest attack's figure"
+    )
+    notes += _family_notes(data, kind)
     if kind == "tabular":
         notes.append(
             "one-hot columns were perturbed as continuous values (--perturb-categorical)"
@@ -558,7 +675,40 @@ def _notes(data: dict[str, Any], settings: Settings, kind: str) -> list[str]:
     return notes
 
 
+def _family_notes(data: dict[str, Any], kind: str) -> list[str]:
+    """How AutoAttack and its components were run, when any was."""
+    family = data.get("autoattack") or {}
+    if not family:
+        return []
+    first = next(iter(family.values()))
+    notes = [
+        "AutoAttack as torchattacks 3.5.1 builds its standard version: APGD-CE, APGD-T (targeted DLR, every other "
+        "class a target), FAB-T (every other class a target), 10 iterations each (the original AutoAttack runs "
+        f"100), one restart, and Square with {first['square_queries']} queries; each attack sees only the rows "
+        "still standing, and each epsilon only the rows no smaller epsilon fooled"
+    ]
+    if any(a.startswith("autoattack") and "apgd-dlr" not in v["components"] for a, v in family.items()):
+        notes.append(
+            f"APGD-T was left out of AutoAttack: its targeted DLR loss needs at least {DLR_MIN_CLASSES} classes "
+            "(torchattacks' APGDT fails below that and AutoAttack warns that DLR cannot be used)"
+        )
+    if any(a == "autoattack-l2" and "square" not in v["components"] for a, v in family.items()):
+        notes.append(
+            "Square was left out of AutoAttack under L2: torchattacks' L2 Square needs image-shaped inputs"
+        )
+    if kind == "tabular":
+        notes.append(
+            "AutoAttack's view of tabular rows carries one more coordinate naming each row's one-hot columns (its "
+            "attacks pick rows themselves); it has no gradient and cannot change, but under L2 a random start or "
+            "Square may spend part of the budget on it, so L2 figures may be slightly optimistic"
+        )
+    return notes
+
+
 # --- rendering the payload --------------------------------------------------------------
+
+
+WORST_LABEL = "every attack (worst per row)"
 
 
 def render_section(section: Section) -> None:
@@ -574,6 +724,12 @@ def _curve_table(data: dict[str, Any]) -> Table:
         for attack, curve in data["attacks"].items()
         for i, eps in enumerate(data["eps"])
     ]
+    worst, clean = data["worst"], data["clean_accuracy"]
+    rows += [
+        [WORST_LABEL, eps, worst["robust_accuracy"][i], worst["ci_low"][i], worst["ci_high"][i]]
+        + [1 - worst["robust_accuracy"][i] / clean if clean > 0 else 0.0]
+        for i, eps in enumerate(data["eps"])
+    ]
     columns = ["attack", "epsilon", "robust accuracy", "95% low", "95% high", "attack success rate"]
     return Table("Robust accuracy per attack and epsilon", columns, rows)
 
@@ -583,6 +739,7 @@ def _curve_figure(data: dict[str, Any]) -> Figure:
     series = [
         Series(a, x, [data["clean_accuracy"]] + c["robust_accuracy"]) for a, c in data["attacks"].items()
     ]
+    series.append(Series(WORST_LABEL, x, [data["clean_accuracy"]] + data["worst"]["robust_accuracy"]))
     return Figure("Accuracy under attack", "line", f"epsilon ({data['unit']})", "accuracy", series)
 
 
@@ -660,12 +817,21 @@ def summarise(data: dict[str, Any]) -> list[str]:
         f"Epsilon ({data['eps_unit']}) is measured in {data['unit']}."
     ]
     lines += [_attack_line(data, attack) for attack in data["attacks"]]
+    if not data.get("autoattack"):
+        lines.append(PGD_ONLY_LINE)
     if data["worst_group"] is not None:
         lines.append(_worst_group_line(data))
     lines.append(_checks_line(data["checks"]))
     if data["adv_train"] is not None:
         lines.append(_adv_train_line(data["adv_train"]))
     return lines
+
+
+PGD_ONLY_LINE = (
+    "PGD may overstate robustness: no AutoAttack was run (--attack autoattack adds it; it is left out by default "
+    "for its cost), and models whose gradients mislead PGD keep accuracy that AutoAttack's gradient-free Square "
+    "and targeted attacks take away."
+)
 
 
 def _lead_line(data: dict[str, Any]) -> str:
@@ -700,10 +866,22 @@ def _span(low: float | None, high: float | None) -> str:
     return f"{_fraction(low)} to {_fraction(high)}"
 
 
+FAMILY_NAMES = {
+    "autoattack": "AutoAttack",
+    "apgd-ce": "APGD-CE",
+    "apgd-dlr": "APGD-T (targeted DLR)",
+    "fab": "FAB-T",
+    "square": "Square",
+}
+
+
 def attack_name(attack: str, steps: int, random_start: bool = False) -> str:
-    """An attack as a reader knows it: 'PGD (L-inf, 10 steps)'."""
+    """An attack as a reader knows it: 'PGD (L-inf, 10 steps)', 'AutoAttack (L2)'."""
     if attack == "fgsm":
         return "FGSM (L-inf, one step)"
+    if split(attack)[0] in FAMILY:
+        base, norm = split(attack)
+        return f"{FAMILY_NAMES[base]} ({'L-inf' if norm == 'Linf' else 'L2'})"
     norm = "L2" if attack == "pgd-l2" else "L-inf"
     return f"PGD ({norm}, {steps} step{'s' if steps != 1 else ''}{', random start' if random_start else ''})"
 
@@ -766,6 +944,15 @@ def _adv_train_line(adv: dict[str, Any]) -> str:
 
 METRIC_SPECS = [
     MetricSpec(
+        "robustness.eps_*.robust_accuracy",
+        True,
+        "fraction",
+        "Robust accuracy under every attack run at this epsilon: a row counts only if no attack fooled it here or "
+        "at a smaller epsilon (at most the lowest attack's figure), with its exact 95% interval",
+        TAGS,
+        headline=True,
+    ),
+    MetricSpec(
         "robustness.*.eps_*.robust_accuracy",
         True,
         "fraction",
@@ -791,7 +978,8 @@ METRIC_SPECS = [
         "robustness.worst_group_robust_accuracy",
         True,
         "fraction",
-        "Lowest group robust accuracy (PGD, middle epsilon), with that group's exact 95% interval",
+        "Lowest group robust accuracy (AutoAttack when run, else PGD; middle epsilon), with that group's exact "
+        "95% interval",
         TAGS,
         headline=True,
     ),
@@ -835,7 +1023,7 @@ METRIC_SPECS = [
         "robustness.*.group.*.robust_accuracy",
         True,
         "fraction",
-        "Robust accuracy within one sensitive group (PGD, middle epsilon)",
+        "Robust accuracy within one sensitive group (AutoAttack when run, else PGD; middle epsilon)",
         TAGS,
         former_names=("robustness.*.*.robust_accuracy",),
     ),

@@ -127,7 +127,8 @@ def test_the_api_trains_on_a_dataframe_and_returns_the_model_and_its_report(tmp_
     written = report.write(tmp_path / "run")
     assert "model.pt" in written["manifest"]
     saved = load_checkpoint(str(tmp_path / "run" / "model.pt"))
-    assert all(torch.equal(saved["state_dict"][k], v) for k, v in model.state_dict().items())
+    # the model stays on the run's device (CUDA when present); the file holds CPU tensors
+    assert all(torch.equal(saved["state_dict"][k], v.cpu()) for k, v in model.state_dict().items())
     # the model file it wrote is audited again by the same API
     again = audit.evaluate(tmp_path / "run" / "model.pt", data=frame, target="defaulted", sensitive=["sex"])
     assert "performance.accuracy" in again.metrics

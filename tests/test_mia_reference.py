@@ -1,5 +1,7 @@
 """Reference-model membership inference: which rows train the references, the two scores, and the attack's bars."""
 
+import copy
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -168,3 +170,32 @@ def test_reference_attacks_see_nothing_on_adult_at_epsilon_1(cli, tmp_path):
     reference = [a for a in mia["attacks"] if a["name"] in ATTACKS]
     assert len(reference) == 1 and reference[0]["members"] == 5000
     assert reference[0]["auc"] <= 0.52
+
+
+def test_a_second_audited_model_reuses_the_cached_reference_models(tmp_path, monkeypatch):
+    """The references never depend on the audited model: a compressed model of the same run scores against them."""
+    from audit_plugins import mia_reference
+
+    config, data, target = _memorising_target(tmp_path)
+    trained = []
+    real_train = mia_reference.train_reference_models
+
+    def counting(*args, **kwargs):
+        trained.append(kwargs["models"])
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(mia_reference, "train_reference_models", counting)
+    cpu = torch.device("cpu")
+    members, nonmembers = draw_sides(len(data.train), len(data.test), 5000, seed=1)
+    plan = plan_reference_rows(len(data.test), nonmembers, seed=0)
+    cache: dict = {}
+    common = dict(config=config, dataset=data, members=members, plan=plan, models=2, device=cpu, cache=cache)
+    first = reference_scores(target=target, **common)
+    again = reference_scores(target=target, **common)
+    other = copy.deepcopy(target)  # a stand-in for a second audited model: another output layer
+    with torch.no_grad():
+        [m for m in other.modules() if isinstance(m, torch.nn.Linear)][-1].bias.add_(1.0)
+    changed = reference_scores(target=other, **common)
+    assert trained == [2] and len(cache) == 1  # trained once, for all three audits
+    np.testing.assert_array_equal(first.rmia_members, again.rmia_members)
+    assert not np.array_equal(first.rmia_members, changed.rmia_members)  # scored against the other target

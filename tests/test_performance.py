@@ -154,7 +154,7 @@ def test_training_adds_curves_and_history(loans):
     trained = RunConfig(
         data=config.data, target="defaulted", epochs=2, hidden=[8], batch_size=64, lr=1e-2, patience=None
     )
-    model, result = train_variant(trained, dataset)
+    model, result = train_variant(trained, dataset, device=torch.device("cpu"))  # the context is on the CPU
     section = performance_section(_context(trained, dataset, model, training=result))
     assert [f.title for f in section.figures] == ["Loss per epoch", "Validation accuracy per epoch"]
     assert section.figures[0].series[0].x == [1, 2]

@@ -92,8 +92,9 @@ def test_env_var_limits_what_loads(tmp_path, monkeypatch):
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert not any(s["name"] == "carbon" for s in report["sections"])
     monkeypatch.setenv("AUDIT_PLUGINS", "privacy,robustness")
-    # the core's default plugin is always registered, like a third-party one but not subject to the filter
+    # the core's default plugins are always registered, like a third-party one but not subject to the filter
     assert sorted(name for name, _ in get_plugin_manager().list_name_plugin()) == [
+        "compression",
         "core",
         "privacy",
         "robustness",

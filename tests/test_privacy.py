@@ -129,8 +129,9 @@ def test_batchnorm_is_replaced_and_reported(cli, tmp_path, loans_csv, monkeypatc
     report = read_report(out)
     notes = " ".join(n for s in report["sections"] for n in s["notes"])
     assert "replaced 1 BatchNorm" in notes
-    # LayerNorm is off the one-pass path: Opacus computes the per-sample gradients.
-    assert "Opacus' GradSampleModule" in notes
+    # the replacement norm layer is on the one-pass path: no Opacus hooks
+    assert "book-keeping ghost clipping: Linear, Conv2d, GroupNorm and LayerNorm" in notes
+    assert "Opacus' GradSampleModule" not in notes
     # A model file never chooses code to run: the factory is named again to trust it.
     evaluate = [
         "evaluate",

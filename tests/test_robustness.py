@@ -233,6 +233,7 @@ def test_group_metrics_name_their_former_names_and_headlines_are_marked():
     assert not fnmatch.fnmatchcase("robustness.pgd.eps_0p1.robust_accuracy", group.name)
     headline = {name for name, s in specs.items() if s.headline}
     assert headline == {
+        "robustness.eps_*.robust_accuracy",
         "robustness.*.auc",
         "robustness.worst_group_robust_accuracy",
         "robustness.clean_accuracy",

@@ -78,6 +78,16 @@ def _efficiency() -> list[MetricSpec]:
         ),
         MetricSpec("efficiency.train_wall_s", False, "s", "Wall time of training", EFFICIENCY, headline=True),
         MetricSpec(
+            "efficiency.world_size", None, "processes", "Training processes (torchrun world size)", EFFICIENCY
+        ),
+        MetricSpec(
+            "efficiency.train_samples_per_s_per_rank",
+            True,
+            "samples/s",
+            "Training throughput per process",
+            EFFICIENCY,
+        ),
+        MetricSpec(
             "efficiency.peak_rss_mb",
             False,
             "MiB",
