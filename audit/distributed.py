@@ -6,6 +6,7 @@ A run is distributed when torchrun (or ``audit train --nproc-per-node N``, which
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -77,6 +78,9 @@ def process_group(device: torch.device) -> Iterator[World | None]:
     try:
         yield World(rank=dist.get_rank(), local_rank=local_rank, world_size=world_size, device=device)
     finally:
+        # DistributedDataParallel's reducer sits in reference cycles: collect it while its process group exists.
+        # Left to interpreter exit, it was torn down after the group and aborted the process (signal 6, rarely).
+        gc.collect()
         dist.destroy_process_group()
 
 
