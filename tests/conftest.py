@@ -168,3 +168,30 @@ def make_mixed_table(
         lo, hi = (mid, hi) if (1 / (1 + np.exp(-(logit + mid)))).mean() < positive_rate else (lo, mid)
     positive = rng.random(n) < 1 / (1 + np.exp(-(logit + lo)))
     return pd.DataFrame({**columns, "target": np.where(positive, "bad", "good")})
+
+
+def robustness_section_of_a_linear_model(config, *, steps: int):
+    """The robustness plugin's section for a linear model fitted ``steps`` full-batch Adam steps on ``config``'s data,
+    called without the runner (``config``'s plugin options already configured)."""
+    from audit.data import load_dataset
+    from audit.evaluation import build_context
+    from audit_plugins.robustness import audit_evaluate
+
+    dataset = load_dataset(config)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(dataset.input_shape[0], 2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(dataset.train.x), dataset.train.y).backward()
+        optimizer.step()
+    ctx = build_context(
+        config=config,
+        dataset=dataset,
+        model=model.eval(),
+        device=torch.device("cpu"),
+        training=None,
+        artifacts={},
+        checkpoint_metadata={},
+    )
+    return audit_evaluate(ctx)

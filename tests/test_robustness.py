@@ -7,23 +7,19 @@ import json
 from types import SimpleNamespace
 
 import pytest
-import torch
 
 from audit import AuditError
 from audit.config import RunConfig
-from audit.data import load_dataset
-from audit.evaluation import build_context
 from audit.report import Section
 from audit_plugins.robustness import (
     AdvTraining,
     audit_checkpoint_metadata,
     audit_configure,
-    audit_evaluate,
     audit_metric_specs,
     eps_segment,
     render_section,
 )
-from tests.conftest import read_report, undeclared_metrics
+from tests.conftest import read_report, robustness_section_of_a_linear_model, undeclared_metrics
 
 EPS = [0.05, 0.1, 0.2, 0.3]
 
@@ -127,24 +123,7 @@ def adult_section():
     options = {"robustness": "eval", "attack": "fgsm,pgd", "eps": [0.1, 0.5, 1.0], "pgd_steps": 3}
     config = RunConfig(sensitive=["sex"], quiet=True, options={**options, "robustness_samples": 200})
     audit_configure(config)
-    dataset = load_dataset(config)
-    torch.manual_seed(0)
-    model = torch.nn.Linear(dataset.input_shape[0], 2)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
-    for _ in range(100):
-        optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(model(dataset.train.x), dataset.train.y).backward()
-        optimizer.step()
-    ctx = build_context(
-        config=config,
-        dataset=dataset,
-        model=model.eval(),
-        device=torch.device("cpu"),
-        training=None,
-        artifacts={},
-        checkpoint_metadata={},
-    )
-    return audit_evaluate(ctx)
+    return robustness_section_of_a_linear_model(config, steps=100)
 
 
 def test_section_data_round_trips_through_json_and_equals_the_metrics(adult_section):

@@ -8,19 +8,17 @@ from audit import AuditError
 from audit.config import RunConfig
 from audit.data import load_dataset
 from audit.engine import train
-from audit.evaluation import build_context
 from audit.models import model_spec
 from audit.training import attach_scheduler, build_setup, seed_everything
 from audit_plugins.robustness import (
     PGD_ONLY_LINE,
     audit_configure,
-    audit_evaluate,
     check_classes,
     eps_segment,
 )
 from audit_plugins.robustness_attacks import attack_target, clean_pass, independent, sweep
 from audit_plugins.robustness_autoattack import KeyedView, components_of, keyed_target, sweep_family
-from tests.conftest import read_report, undeclared_metrics
+from tests.conftest import read_report, robustness_section_of_a_linear_model, undeclared_metrics
 
 EPS = [0.05, 0.1]
 QUERIES = (
@@ -163,24 +161,7 @@ def adult_autoattack_section():
     }
     config = RunConfig(quiet=True, options={**options, "robustness_samples": 60, "square_queries": 30})
     audit_configure(config)
-    dataset = load_dataset(config)
-    torch.manual_seed(0)
-    model = torch.nn.Linear(dataset.input_shape[0], 2)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
-    for _ in range(60):
-        optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(model(dataset.train.x), dataset.train.y).backward()
-        optimizer.step()
-    ctx = build_context(
-        config=config,
-        dataset=dataset,
-        model=model.eval(),
-        device=torch.device("cpu"),
-        training=None,
-        artifacts={},
-        checkpoint_metadata={},
-    )
-    return audit_evaluate(ctx)
+    return robustness_section_of_a_linear_model(config, steps=60)
 
 
 def test_the_headline_is_the_worst_over_every_attack(adult_autoattack_section):
