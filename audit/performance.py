@@ -34,6 +34,15 @@ def dominant_prediction_share(y_pred: np.ndarray) -> float:
     return dominant_prediction(y_pred)[1]
 
 
+def constant_predictions(y_pred: np.ndarray, classes: list[str]) -> dict[str, Any] | None:
+    """The one class (nearly) every row got, its share and the rows; None when the predictions vary."""
+    dominant, share = dominant_prediction(y_pred)
+    if dominant is None or not share >= ONE_CLASS_SHARE:
+        return None
+    name = str(classes[dominant]) if dominant < len(classes) else str(dominant)
+    return {"class": name, "share": share, "rows": int(np.asarray(y_pred).size)}
+
+
 def predicts_one_class(y_pred: np.ndarray) -> bool:
     """True when (nearly) every row gets the same predicted class (share >= ``ONE_CLASS_SHARE``)."""
     return dominant_prediction_share(y_pred) >= ONE_CLASS_SHARE

@@ -40,12 +40,14 @@ def _wanted(when: Any, *, sensitive: bool, options: dict[str, Any]) -> bool:
 def default_space(*, sensitive: bool, options: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The default space (tune_space.yaml): the core's entries plus those of the mitigations the command turns on."""
     data = yaml.safe_load(DEFAULTS_FILE.read_text())
-    return {
-        name: check_entry(name, {k: v for k, v in spec.items() if k != "when"}, str(DEFAULTS_FILE), {name})
-        for name, spec in data["space"].items()
+    space: dict[str, dict[str, Any]] = {}
+    for name, spec in data["space"].items():
         # an option the command sets itself stays fixed: it is not searched
-        if _wanted(spec.get("when"), sensitive=sensitive, options=options) and name not in options
-    }
+        if name in options or not _wanted(spec.get("when"), sensitive=sensitive, options=options):
+            continue
+        entry = {k: v for k, v in spec.items() if k != "when"}
+        space[name] = check_entry(name, entry, str(DEFAULTS_FILE), {name}, earlier=space)
+    return space
 
 
 def trial_options() -> dict[str, Any]:
@@ -64,7 +66,10 @@ def load_space(path: str, allowed: set[str]) -> dict[str, dict[str, Any]]:
         raise AuditError(f"--space {path}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
     if not isinstance(data, dict) or not data:
         raise AuditError(f"--space {path}: expected a mapping of parameter name to {{kind, low, high}}")
-    return {str(name): check_entry(str(name), spec, path, allowed) for name, spec in data.items()}
+    space: dict[str, dict[str, Any]] = {}
+    for name, spec in data.items():
+        space[str(name)] = check_entry(str(name), spec, path, allowed, earlier=space)
+    return space
 
 
 def _number(value: Any, where: str) -> float:
@@ -77,36 +82,67 @@ def _number(value: Any, where: str) -> float:
         raise AuditError(f"{where} is {value!r}; expected a number") from None
 
 
-def check_entry(name: str, spec: Any, path: str, allowed: set[str]) -> dict[str, Any]:
-    """One space entry checked: a known option, a known kind, a valid range or choice list."""
+def _given(spec: dict[str, Any], where: str, earlier: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``given: {param: NAME, equals: VALUE}`` checked: an earlier categorical entry and one of its choices."""
+    given = spec.get("given")
+    if given is None:
+        return {}
+    if (
+        not isinstance(given, dict)
+        or set(given) != {"param", "equals"}
+        or not isinstance(given["param"], str)
+    ):
+        raise AuditError(f"{where}.given: expected {{param: NAME, equals: VALUE}}")
+    parent = earlier.get(given["param"])
+    if parent is None or parent["kind"] != "categorical" or given["equals"] not in parent["choices"]:
+        raise AuditError(
+            f"{where}.given: {given['param']!r} must be a categorical entry above this one with "
+            f"{given['equals']!r} among its choices"
+        )
+    return {"given": dict(given)}
+
+
+def check_entry(
+    name: str, spec: Any, path: str, allowed: set[str], *, earlier: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """One space entry checked: a known option, a known kind, a valid range or choice list, and, for an entry drawn
+    only when an earlier categorical entry takes a value (``given``), that entry and value."""
     where = f"--space {path}: {name}"
     if name not in allowed:
         raise AuditError(f"{where} is not a tunable option; expected one of {', '.join(sorted(allowed))}")
     if not isinstance(spec, dict) or spec.get("kind") not in KINDS:
         raise AuditError(f"{where} needs kind: {' | '.join(KINDS)}")
+    given = _given(spec, where, earlier or {})
     if spec["kind"] == "categorical":
         choices = spec.get("choices")
         if not isinstance(choices, list) or not choices or any(isinstance(c, (dict, list)) for c in choices):
             raise AuditError(f"{where}: categorical needs choices: a non-empty list of plain values")
         for choice in choices:
             as_settings({name: choice})  # a hidden-size choice that is not "128,64" is refused now
-        return {"kind": "categorical", "choices": choices}
+        unknown = set(spec) - {"kind", "choices", "given"}
+        if unknown:
+            raise AuditError(f"{where}: unknown key {sorted(unknown)[0]!r}; expected kind, choices, given")
+        return {"kind": "categorical", "choices": choices} | given
     low, high = _number(spec.get("low"), f"{where}.low"), _number(spec.get("high"), f"{where}.high")
     log = bool(spec.get("log", False))
     if not low < high or (log and low <= 0):
         raise AuditError(f"{where}: expected low < high{' and low > 0 (log scale)' if log else ''}")
     if spec["kind"] == "int" and (low != int(low) or high != int(high)):
         raise AuditError(f"{where}: int needs whole-number low and high")
-    unknown = set(spec) - {"kind", "low", "high", "log"}
+    unknown = set(spec) - {"kind", "low", "high", "log", "given"}
     if unknown:
-        raise AuditError(f"{where}: unknown key {sorted(unknown)[0]!r}; expected kind, low, high, log")
-    return {"kind": spec["kind"], "low": low, "high": high, "log": log}
+        raise AuditError(f"{where}: unknown key {sorted(unknown)[0]!r}; expected kind, low, high, log, given")
+    return {"kind": spec["kind"], "low": low, "high": high, "log": log} | given
 
 
 def suggest(trial: Any, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Draw one value per entry from an Optuna trial; ``hidden`` given as "128,64" becomes a list of ints."""
+    """Draw one value per entry from an Optuna trial; ``hidden`` given as "128,64" becomes a list of ints. An entry
+    with ``given`` is drawn only when its parameter took that value (Optuna's define-by-run conditional space)."""
     params: dict[str, Any] = {}
     for name, spec in space.items():
+        given = spec.get("given")
+        if given is not None and params.get(given["param"]) != given["equals"]:
+            continue
         if spec["kind"] == "categorical":
             value = trial.suggest_categorical(name, spec["choices"])
         elif spec["kind"] == "int":

@@ -43,6 +43,7 @@ REMOVED_BOOTSTRAP = (
 )
 # Offset from the run's seed for the reweighing count noise, so it never replays the draws of training.
 COUNT_NOISE_SEED_OFFSET = 7919
+REWEIGHT_STRENGTH = 1.0  # full Kamiran-Calders weights unless --reweight-strength says otherwise
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class FairnessState:
     mitigation: str  # "reweight"
     weights_range: tuple[float, float]
     count_epsilon: float | None = None  # None: the weights come from exact counts
+    strength: float = 1.0  # 1: full Kamiran-Calders weights; below 1 they are moved towards 1
 
     def to_metadata(self) -> dict[str, Any]:
         """JSON-able facts for the checkpoint (the keys model.pt has always held, so saved models still load)."""
@@ -59,6 +61,7 @@ class FairnessState:
             "mitigation": self.mitigation,
             "weights_range": list(self.weights_range),
             "count_epsilon": self.count_epsilon,
+            "strength": self.strength,
         }
 
     @classmethod
@@ -67,7 +70,9 @@ class FairnessState:
         if not facts:
             return None
         low, high = facts["weights_range"]
-        return cls(facts["mitigation"], (float(low), float(high)), facts.get("count_epsilon"))
+        # models saved before --reweight-strength existed were fully reweighed
+        strength = float(facts.get("strength", 1.0))
+        return cls(facts["mitigation"], (float(low), float(high)), facts.get("count_epsilon"), strength)
 
 
 @hookimpl
@@ -118,12 +123,29 @@ def audit_cli_options() -> list[CliOption]:
         ),
         # Removed (issue 13); still parsed so that it is refused naming its replacement, not as an unknown flag.
         CliOption(("--fairness-bootstrap",), dict(default=None, help=argparse.SUPPRESS)),
+        *_reweigh_options(),
+    ]
+
+
+def _reweigh_options() -> list[CliOption]:
+    """The options of ``--fairness reweight``: noised counts and the weights' strength."""
+    return [
         CliOption(
             ("--reweight-epsilon",),
             dict(
                 type=float,
                 default=None,
                 help="privatise the reweighing counts with Laplace noise at this epsilon (for --dp runs)",
+            ),
+            commands=("train",),
+        ),
+        CliOption(
+            ("--reweight-strength",),
+            dict(
+                type=float,
+                default=None,
+                help="move the reweighing weights towards 1: (1 - S) + S w, S in (0, 1]; the training "
+                f"distribution becomes the mixture (1 - S) P(g, y) + S P(g) P(y) [{REWEIGHT_STRENGTH}]",
             ),
             commands=("train",),
         ),
@@ -151,6 +173,8 @@ def audit_configure(config: RunConfig) -> None:
         )
     config.default_options({"min_group_size": MIN_GROUP_SIZE, "fairness_intervals": INTERVALS})
     _check_numbers(config, mode)
+    if mode == "reweight":
+        config.default_options({"reweight_strength": REWEIGHT_STRENGTH})
 
 
 def _check_numbers(config: RunConfig, mode: str | None) -> None:
@@ -161,6 +185,12 @@ def _check_numbers(config: RunConfig, mode: str | None) -> None:
             raise AuditError("--reweight-epsilon applies only with --fairness reweight")
         if not config.option("reweight_epsilon") > 0:
             raise AuditError(f"--reweight-epsilon must be positive, got {config.option('reweight_epsilon')}")
+    strength = config.option("reweight_strength")
+    if strength is not None:
+        if mode != "reweight":
+            raise AuditError("--reweight-strength applies only with --fairness reweight")
+        if not 0.0 < strength <= 1.0:
+            raise AuditError(f"--reweight-strength must lie in (0, 1], got {strength}")
 
 
 @hookimpl
@@ -178,12 +208,13 @@ def audit_prepare_training(setup: TrainingSetup) -> None:
         rng = np.random.default_rng(config.seed + COUNT_NOISE_SEED_OFFSET)
         # One row changes one (group, class) cell by 1: L1 sensitivity 1, so Laplace(1/epsilon) is epsilon-DP.
         counts = np.maximum(counts + rng.laplace(scale=1.0 / epsilon, size=counts.shape), 1.0)
-    weights = reweighing_weights(y, groups, counts=counts)
+    strength = config.option("reweight_strength")
+    weights = reweighing_weights(y, groups, counts=counts, strength=strength)
     setup.sample_weights = torch.as_tensor(weights, dtype=torch.float32)
     what = f"Kamiran-Calders reweighing over {INTERSECTION.join(data.sensitive)} ({len(names)} groups)"
     setup.data_uses.append(DataUse("fairness reweighing counts", what, epsilon))
     setup.artifacts["fairness"] = FairnessState(
-        "reweight", (float(weights.min()), float(weights.max())), epsilon
+        "reweight", (float(weights.min()), float(weights.max())), epsilon, strength
     )
 
 
@@ -254,6 +285,7 @@ def _mitigation_data(
         "source": "checkpoint",
         "weights_range": list(state.weights_range),
         "count_epsilon": state.count_epsilon,
+        "strength": state.strength,
         "accuracy": None,
         "baseline_accuracy": None,
         "accuracy_cost": None,

@@ -252,10 +252,16 @@ def cell_counts(y: np.ndarray, groups: np.ndarray) -> tuple[list[str], np.ndarra
     return list(names), counts.reshape(len(names), n_classes).astype(np.float64)
 
 
-def reweighing_weights(y: np.ndarray, groups: np.ndarray, *, counts: np.ndarray | None = None) -> np.ndarray:
-    """Kamiran-Calders weights w(g, y) = P(g) P(y) / P(g, y) per row (optionally from given (group, class) counts)."""
+def reweighing_weights(
+    y: np.ndarray, groups: np.ndarray, *, counts: np.ndarray | None = None, strength: float = 1.0
+) -> np.ndarray:
+    """Kamiran-Calders weights w(g, y) = P(g) P(y) / P(g, y) per row (optionally from given (group, class) counts),
+    moved towards 1 by ``strength`` s: (1 - s) + s w. s = 1 is full reweighing, s = 0 no reweighing."""
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength must lie in [0, 1], got {strength}")
     _, codes = np.unique(np.asarray(groups).astype(str), return_inverse=True)
     counts = np.maximum(cell_counts(y, groups)[1] if counts is None else counts, 1e-9)
     p_joint = counts / counts.sum()
     expected = p_joint.sum(axis=1, keepdims=True) * p_joint.sum(axis=0, keepdims=True)
-    return (expected / p_joint)[codes, y]
+    # Linear, so the weighted training distribution is the mixture (1 - s) P(g, y) + s P(g) P(y).
+    return ((1.0 - strength) + strength * (expected / p_joint))[codes, y]

@@ -10,7 +10,7 @@ Payload (``Section.data``; numbers are plain floats, NaN as None)::
                             "rates": {rate: [per group]}, "rate_ci": {rate: [[low per group], [high per group]]},
                             "summaries": {name: value}, "summary_ci": {name: [low, high]}}},
      "mitigation": None | {"method", "source": "training" | "checkpoint", "weights_range", "count_epsilon",
-                           "accuracy", "baseline_accuracy", "accuracy_cost"},
+                           "strength", "accuracy", "baseline_accuracy", "accuracy_cost"},
      "baseline": None | {"summaries": {feature: {name: value}}},
      "postprocess": None | {"constraint", "feature", "status": "fitted" | "skipped" | "failed", "reason",
                             "accuracy", "summaries": {name: value}}}
@@ -34,7 +34,7 @@ import pandas as pd
 
 from audit.groups import group_labels, group_masks, group_metric, sensitive_features
 from audit.intervals import clopper_pearson_arrays
-from audit.performance import ONE_CLASS_SHARE, dominant_prediction
+from audit.performance import constant_predictions as one_class
 from audit.report import Figure, Section, Series, Table, clean_number, metric_segment
 from audit_plugins.fairness_metrics import (
     INTERVAL_METHODS,
@@ -116,15 +116,8 @@ def _interval_facts(intervals: str) -> dict[str, Any]:
 
 def constant_predictions(y_pred: np.ndarray, classes: Sequence[str], by: str) -> dict[str, Any] | None:
     """The payload's ``constant_predictions``: the one class (nearly) every row got, its share; None otherwise."""
-    dominant, share = dominant_prediction(y_pred)
-    if dominant is None or not share >= ONE_CLASS_SHARE:
-        return None
-    return {
-        "class": str(classes[dominant]) if dominant < len(classes) else str(dominant),
-        "share": share,
-        "rows": int(np.asarray(y_pred).size),
-        "by": by,
-    }
+    constant = one_class(y_pred, list(classes))
+    return None if constant is None else {**constant, "by": by}
 
 
 def group_accuracy_data(
@@ -344,8 +337,15 @@ def _small_groups_warning(feature: str, entry: dict[str, Any], min_group_size: i
     ]
 
 
-def _add_mitigation(section: Section, mitigation: dict[str, Any]) -> None:
+def _method_name(mitigation: dict[str, Any]) -> str:
+    """ "Kamiran-Calders reweighing", with its strength when the weights were moved towards 1."""
     method = MITIGATIONS.get(mitigation["method"], mitigation["method"])
+    strength = mitigation.get("strength", 1.0)  # reports written before the option were fully reweighed
+    return method if strength == 1.0 else f"{method} at strength {strength:.3g}"
+
+
+def _add_mitigation(section: Section, mitigation: dict[str, Any]) -> None:
+    method = _method_name(mitigation)
     if mitigation["source"] == "checkpoint":
         section.notes.append(f"the model was trained with {mitigation['method']} (from its checkpoint)")
         return
@@ -445,7 +445,7 @@ def _mitigation_lines(data: dict[str, Any]) -> list[str]:
     mitigation = data["mitigation"]
     if mitigation is None:
         return []
-    method = MITIGATIONS.get(mitigation["method"], mitigation["method"])
+    method = _method_name(mitigation)
     if mitigation["source"] == "checkpoint":
         return [f"The model was trained with {method} (recorded in its checkpoint)."]
     cost = mitigation["accuracy_cost"]

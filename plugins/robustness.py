@@ -23,6 +23,7 @@ from audit.data import Dataset
 from audit.engine import TrainingSetup
 from audit.evaluation import EvalContext
 from audit.groups import group_labels, group_masks, group_metric
+from audit.performance import constant_predictions
 from audit.progress import progress_bar
 from audit.report import Figure, MetricSpec, Section, Series, Table
 from audit_plugins.robustness_attacks import (
@@ -354,11 +355,28 @@ def audit_evaluate(ctx: EvalContext) -> Section | None:
     section.data.update(_sanity_checks(ctx, section, settings, target, y))
     adv = settings.mode == "adv-train" and ctx.training is not None
     section.data["adv_train"] = _adv_train(ctx, section, settings, x, y) if adv else None
+    section.data["constant_predictions"] = _constant_predictions(ctx)
     section.warnings += [c["warning"] for c in section.data["checks"] if not c["passed"]]
+    if section.data["constant_predictions"]:
+        section.warnings.insert(0, _constant_warning(section.data["constant_predictions"]))
     section.notes += _notes(section.data, settings, ctx.dataset.kind)
     render_section(section)
     section.summary = summarise(section.data)
     return section
+
+
+def _constant_predictions(ctx: EvalContext) -> dict[str, Any] | None:
+    """The one class (nearly) every test row gets, with its share; None for a model whose predictions vary."""
+    return constant_predictions(ctx.test_pred.numpy(), list(ctx.dataset.classes))
+
+
+def _constant_warning(constant: dict[str, Any]) -> str:
+    """An attack cannot flip a prediction that never varies: the section's "robust" figures then say nothing."""
+    return (
+        f"ONE-CLASS MODEL: the model predicts '{constant['class']}' for {constant['share']:.1%} of the "
+        f"{constant['rows']:,} test rows; no perturbation changes a constant prediction, so the robust accuracies "
+        "below equal its clean accuracy because the model ignores its input, not because it resists attacks"
+    )
 
 
 def _attacked_rows(ctx: EvalContext, samples: int) -> torch.Tensor:
@@ -810,7 +828,11 @@ def _adv_train_tables(data: dict[str, Any]) -> list[Table]:
 
 def summarise(data: dict[str, Any]) -> list[str]:
     """Plain-language findings from the payload, for the model card and the terminal."""
-    lines = [_lead_line(data)] if data["attacks"] else []
+    # reports written before the one-class check have no such key
+    lines = (
+        [_constant_warning(data["constant_predictions"]) + "."] if data.get("constant_predictions") else []
+    )
+    lines += [_lead_line(data)] if data["attacks"] else []
     lines += [
         f"{data['samples']} seeded test rows were attacked; their clean accuracy is "
         f"{_fraction(data['clean_accuracy'])} (95% interval {_span(data['clean_ci_low'], data['clean_ci_high'])}). "

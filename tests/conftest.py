@@ -170,9 +170,10 @@ def make_mixed_table(
     return pd.DataFrame({**columns, "target": np.where(positive, "bad", "good")})
 
 
-def robustness_section_of_a_linear_model(config, *, steps: int):
+def robustness_section_of_a_linear_model(config, *, steps: int, constant_class: int | None = None):
     """The robustness plugin's section for a linear model fitted ``steps`` full-batch Adam steps on ``config``'s data,
-    called without the runner (``config``'s plugin options already configured)."""
+    called without the runner (``config``'s plugin options already configured). ``constant_class``: instead, a model
+    that ignores its input and always predicts that class."""
     from audit.data import load_dataset
     from audit.evaluation import build_context
     from audit_plugins.robustness import audit_evaluate
@@ -180,6 +181,11 @@ def robustness_section_of_a_linear_model(config, *, steps: int):
     dataset = load_dataset(config)
     torch.manual_seed(0)
     model = torch.nn.Linear(dataset.input_shape[0], 2)
+    if constant_class is not None:
+        with torch.no_grad():
+            model.weight.zero_()
+            model.bias.copy_(torch.nn.functional.one_hot(torch.tensor(constant_class), 2).float())
+        steps = 0
     optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
     for _ in range(steps):
         optimizer.zero_grad()

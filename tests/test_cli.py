@@ -204,6 +204,14 @@ def test_plugins_lists_the_builtins(cli):
             "--fairness-baseline applies only with --fairness reweight",
         ),
         (["train", "--sensitive", "sex", "--min-group-size", "0"], "--min-group-size must be at least 1"),
+        (
+            ["train", "--sensitive", "sex", "--reweight-strength", "0.5"],
+            "--reweight-strength applies only with --fairness reweight",
+        ),
+        (
+            ["train", "--sensitive", "sex", "--fairness", "reweight", "--reweight-strength", "1.5"],
+            "--reweight-strength must lie in (0, 1], got 1.5",
+        ),
         (["train", "--fairness", "reweight"], "--fairness needs --sensitive"),
         (["evaluate", "--model", "{corrupt}"], "could not be read"),
         (["train", "--data", "{csv}"], "--target is required"),

@@ -227,14 +227,16 @@ def test_a_reweighed_model_carries_its_mitigation_into_evaluate(cli, tmp_path, l
         "reweight",
         "--reweight-epsilon",
         "2",
+        "--reweight-strength",
+        "0.5",
         "--out",
         out,
         "-q",
     )
     assert result.code == 0, result.err
     facts = load_checkpoint(str(out / "model.pt"))["metadata"]["fairness"]
-    assert set(facts) == {"mitigation", "weights_range", "count_epsilon"}
-    assert facts["mitigation"] == "reweight" and facts["count_epsilon"] == 2.0
+    assert set(facts) == {"mitigation", "weights_range", "count_epsilon", "strength"}
+    assert facts["mitigation"] == "reweight" and facts["count_epsilon"] == 2.0 and facts["strength"] == 0.5
     assert facts["weights_range"][0] <= 1 <= facts["weights_range"][1]
     assert FairnessState.from_metadata(facts).to_metadata() == facts
     again = tmp_path / "eval"
@@ -255,7 +257,27 @@ def test_a_reweighed_model_carries_its_mitigation_into_evaluate(cli, tmp_path, l
     assert "the model was trained with reweight (from its checkpoint)" in section["notes"]
     assert section["data"]["mitigation"]["source"] == "checkpoint"
     assert section["data"]["mitigation"]["weights_range"] == facts["weights_range"]
+    assert section["data"]["mitigation"]["strength"] == 0.5
     assert not [k for k in read_report(again)["metrics"] if k.startswith("fairness.mitigation.")]
+
+
+def test_a_reweighing_strength_moves_the_trained_weights_towards_1(cli, tmp_path, loans_800):
+    ranges = {}
+    for strength in ("1", "0.25"):
+        out = tmp_path / strength
+        result = cli(
+            "train", "--data", loans_800, "--target", "defaulted", "--sensitive", "sex", "--epochs", "1",
+            "--fairness", "reweight", "--reweight-strength", strength, "--out", out, "-q",
+        )  # fmt: skip
+        assert result.code == 0, result.err
+        section = _fairness(read_report(out))
+        ranges[strength] = section["data"]["mitigation"]["weights_range"]
+    assert ranges["0.25"] == pytest.approx([1 + 0.25 * (w - 1) for w in ranges["1"]])
+    assert any("Kamiran-Calders reweighing at strength 0.25 (weights" in note for note in section["notes"])
+    assert any(
+        line.startswith("Trained with Kamiran-Calders reweighing at strength 0.25:")
+        for line in section["summary"]
+    )
 
 
 def test_state_and_checkpoint_facts():
@@ -264,8 +286,12 @@ def test_state_and_checkpoint_facts():
         "mitigation": "reweight",
         "weights_range": [0.5, 2.0],
         "count_epsilon": None,
+        "strength": 1.0,
     }
     assert FairnessState.from_metadata(state.to_metadata()) == state
+    # a model saved before --reweight-strength existed was fully reweighed
+    old = {"mitigation": "reweight", "weights_range": [0.5, 2.0], "count_epsilon": None}
+    assert FairnessState.from_metadata(old) == state
     assert FairnessState.from_metadata(None) is None and FairnessState.from_metadata({}) is None
 
 

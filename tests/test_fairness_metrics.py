@@ -240,6 +240,28 @@ def test_reweighing_makes_label_independent_of_group():
     assert w.mean() == pytest.approx(1.0, abs=1e-9)
 
 
+@pytest.mark.parametrize("strength", [0.0, 0.3, 0.75, 1.0])
+def test_a_reweighing_strength_trains_on_the_mixture_of_the_data_and_its_reweighed_form(strength):
+    rng = np.random.default_rng(2)
+    g = rng.choice(["m", "f"], 4000, p=[0.6, 0.4])
+    y = (rng.random(4000) < np.where(g == "m", 0.35, 0.12)).astype(int)
+    full, w = reweighing_weights(y, g), reweighing_weights(y, g, strength=strength)
+    np.testing.assert_allclose(w, 1.0 + strength * (full - 1.0))
+    # the weighted positive rate of each group lies the same fraction of the way from its own rate to the overall one
+    for group in ("m", "f"):
+        sel = g == group
+        own = y[sel].mean()
+        assert np.sum(w[sel] * y[sel]) / sel.sum() == pytest.approx(
+            own + strength * (y.mean() - own), abs=1e-9
+        )
+    assert w.min() > 0 and w.mean() == pytest.approx(1.0, abs=1e-9)
+
+
+def test_a_strength_outside_0_to_1_is_refused():
+    with pytest.raises(ValueError, match="strength must lie in"):
+        reweighing_weights(np.array([0, 1]), np.array(["a", "b"]), strength=1.2)
+
+
 def test_reweighing_from_given_counts_equals_counting_the_rows():
     rng = np.random.default_rng(1)
     g = rng.choice(["x", "y", "z"], 500)

@@ -126,6 +126,23 @@ def adult_section():
     return robustness_section_of_a_linear_model(config, steps=100)
 
 
+def test_a_model_that_predicts_one_class_is_not_called_robust_without_the_warning():
+    options = {"robustness": "eval", "attack": "pgd", "eps": [0.1], "pgd_steps": 2, "robustness_samples": 50}
+    config = RunConfig(sensitive=["sex"], quiet=True, options=options)
+    audit_configure(config)
+    section = robustness_section_of_a_linear_model(config, steps=0, constant_class=0)
+    constant = section.data["constant_predictions"]
+    assert constant["share"] == 1.0 and constant["rows"] == 16281 and constant["class"] == "<=50K"
+    assert section.warnings[0].startswith(
+        "ONE-CLASS MODEL: the model predicts '<=50K' for 100.0% of the 16,281"
+    )
+    assert section.summary[0].startswith("ONE-CLASS MODEL") and section.summary[1].startswith("No prediction")
+    assert (
+        section.metrics["robustness.pgd.eps_0p1.robust_accuracy"]
+        == section.metrics["robustness.clean_accuracy"]
+    )
+
+
 def test_section_data_round_trips_through_json_and_equals_the_metrics(adult_section):
     data, metrics = adult_section.data, adult_section.metrics
     assert json.loads(json.dumps(data, allow_nan=False)) == data

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from audit.tune_space import load_space, suggest
 from tests.conftest import assert_bad_input, make_loans
 
 optuna = pytest.importorskip("optuna")
@@ -21,6 +22,11 @@ hidden: {kind: categorical, choices: ["16", "32,16"]}
 patience: {kind: int, low: 2, high: 3}
 """
 OBJECTIVES = "max performance.accuracy, min fairness.sex.demographic_parity_difference:upper"
+# reweighing's strength, drawn only in the trials that reweigh
+STRENGTH_SPACE = """\
+fairness: {kind: categorical, choices: [audit, reweight]}
+reweight_strength: {kind: float, low: 0.5, high: 1.0, given: {param: fairness, equals: reweight}}
+"""
 
 
 @pytest.fixture
@@ -91,6 +97,31 @@ def test_the_default_space_searches_the_core_and_reweighing_when_a_sensitive_col
         json.loads((fixed / "chosen" / "report.json").read_text())["run"]["config"]["options"]["fairness"]
         == "reweight"
     )
+
+
+def test_an_entry_given_another_is_drawn_only_in_trials_where_that_entry_took_the_value(tmp_path):
+    (tmp_path / "space.yaml").write_text(SPACE + STRENGTH_SPACE)
+    space = load_space(
+        str(tmp_path / "space.yaml"), {"lr", "hidden", "patience", "fairness", "reweight_strength"}
+    )
+    assert space["reweight_strength"]["given"] == {"param": "fairness", "equals": "reweight"}
+    fixed = {"lr": 1e-3, "hidden": "16", "patience": 2}
+    without = suggest(optuna.trial.FixedTrial({**fixed, "fairness": "audit"}), space)
+    assert without["fairness"] == "audit" and "reweight_strength" not in without
+    drawn = suggest(
+        optuna.trial.FixedTrial({**fixed, "fairness": "reweight", "reweight_strength": 0.7}), space
+    )
+    assert drawn["reweight_strength"] == 0.7
+
+
+def test_a_study_with_a_conditional_entry_records_it_only_on_the_trials_that_drew_it(setup, cli):
+    setup["space"].write_text(SPACE + STRENGTH_SPACE)
+    out = setup["dir"] / "tune"
+    assert cli(*tune_args(setup, out, trials=6)).code == 0
+    trials = tune_data(out)["trials"]
+    assert {row["params"]["fairness"] for row in trials} == {"audit", "reweight"}  # seeded: both drawn
+    for row in trials:
+        assert ("reweight_strength" in row["params"]) == (row["params"]["fairness"] == "reweight")
 
 
 def test_no_trial_passing_the_policy_exits_1_naming_the_nearest_trials(setup, cli):
@@ -191,6 +222,19 @@ def test_bad_options_are_exit_2_in_one_line_before_any_study(setup, cli, flag, v
         ("hidden: {kind: categorical, choices: [wide]}", "hidden"),
         ("lr: {kind: float, low: 0, high: 1, log: true}", "low > 0"),
         ("[1, 2", "not valid YAML"),
+        ("lr: {kind: float, low: 0.1, high: 1, step: 2}", "unknown key 'step'"),
+        ("fairness: {kind: categorical, choices: [audit], colour: red}", "unknown key 'colour'"),
+        (  # given names an entry that is not above it
+            "reweight_strength: {kind: float, low: 0.5, high: 1, given: {param: fairness, equals: reweight}}",
+            "must be a categorical entry above this one",
+        ),
+        (  # given names a value the entry cannot take
+            "fairness: {kind: categorical, choices: [audit]}\n"
+            "reweight_strength: {kind: float, low: 0.5, high: 1, given: {param: fairness, equals: reweight}}",
+            "'reweight' among its choices",
+        ),
+        ("lr: {kind: float, low: 0.1, high: 1, given: fairness}", "expected {param: NAME, equals: VALUE}"),
+        ("lr: {kind: float, low: 0.1, high: 1, given: {param: [a], equals: 1}}", "expected {param: NAME"),
     ],
 )
 def test_a_bad_space_is_exit_2_in_one_line(setup, cli, space, says):
