@@ -135,7 +135,8 @@ def test_no_trial_passing_the_policy_exits_1_naming_the_nearest_trials(setup, cl
     assert data["chosen"] is None and data["feasible"] == [] and len(data["trials"]) == 3
 
 
-def _complete(study_path: Path) -> list:
+def complete_trials(study_path: Path) -> list:
+    """The COMPLETE trials of the one study in ``study_path``."""
     storage = f"sqlite:///{study_path}"
     summaries = optuna.get_all_study_summaries(storage)
     if not summaries:
@@ -152,7 +153,7 @@ def test_a_killed_study_resumes_to_exactly_the_trials_asked_for(setup):
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
         try:
-            if (out / "study.db").exists() and len(_complete(out / "study.db")) >= 1:
+            if (out / "study.db").exists() and len(complete_trials(out / "study.db")) >= 1:
                 break
         except Exception:  # noqa: BLE001 - the study is still being created by the other process; poll again
             pass
@@ -160,11 +161,11 @@ def test_a_killed_study_resumes_to_exactly_the_trials_asked_for(setup):
     assert process.poll() is None, "the study finished before it could be killed"
     process.send_signal(signal.SIGKILL)
     process.wait()
-    killed_at = len(_complete(out / "study.db"))
+    killed_at = len(complete_trials(out / "study.db"))
     assert 1 <= killed_at < 6
     resumed = subprocess.run(command, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
-    trials = _complete(out / "study.db")
+    trials = complete_trials(out / "study.db")
     assert len(trials) == 6
     assert len({t.number for t in trials}) == 6
     assert len({tuple(sorted(t.params.items())) for t in trials}) == 6  # the resumed sampler drew new points
@@ -250,14 +251,14 @@ def test_a_one_objective_study_reports_validation_accuracy_per_epoch_to_its_prun
     args = tune_args(setup, out, trials=2)
     args[args.index("--objectives") + 1] = "max performance.accuracy"
     assert cli(*args).code == 0
-    trials = _complete(out / "study.db")
+    trials = complete_trials(out / "study.db")
     for trial in trials:
         assert sorted(trial.intermediate_values) == list(range(1, len(trial.intermediate_values) + 1))
         accuracy = trial.user_attrs["metrics"]["performance.accuracy"]  # float64; the loop's is float32
         assert any(abs(value - accuracy) < 1e-6 for value in trial.intermediate_values.values())
     multi = setup["dir"] / "multi"
     assert cli(*tune_args(setup, multi, trials=1)).code == 0
-    assert _complete(multi / "study.db")[0].intermediate_values == {}
+    assert complete_trials(multi / "study.db")[0].intermediate_values == {}
 
 
 def test_two_processes_share_one_study_file(setup):
@@ -268,5 +269,5 @@ def test_two_processes_share_one_study_file(setup):
     processes = [subprocess.Popen(command, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     errors = [p.communicate()[1] for p in processes]
     assert [p.returncode for p in processes] == [0, 0], errors
-    trials = _complete(out / "study.db")
+    trials = complete_trials(out / "study.db")
     assert len(trials) == 4 and len({t.number for t in trials}) == len(trials)

@@ -19,16 +19,7 @@ from tests.test_tune import tune_args, tune_data
 
 optuna = pytest.importorskip("optuna")
 setup = test_tune.setup  # the same small loans table, space and policies (a fixture)
-
-
-def complete_trials(study_path: Path) -> list:
-    """The COMPLETE trials of the one study in ``study_path``."""
-    storage = f"sqlite:///{study_path}"
-    summaries = optuna.get_all_study_summaries(storage)
-    if not summaries:
-        return []
-    study = optuna.load_study(study_name=summaries[0].study_name, storage=storage)
-    return study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+complete_trials = test_tune.complete_trials
 
 
 def children(pid: int) -> set[int]:
