@@ -117,6 +117,12 @@ def chosen_facts(trial: Any, outcome: Any, plan: Any) -> dict[str, Any]:
         "test": {k: test.get(k) for k in keys},
         "gate_passed": test.get("gate.passed"),
         "folder": str(plan.out / "chosen"),
+        # what its audit warns of (a one-class model, a figure below its reference), for the search's first screen
+        "warnings": [
+            f"{section['title']}: {warning}"
+            for section in outcome.report["sections"]
+            for warning in section.get("warnings", [])
+        ],
     }
 
 

@@ -138,6 +138,8 @@ def tune_section(data: dict[str, Any]) -> Section:
         section.summary.append(
             f"Chosen: trial {chosen['trial']} ({data['pick']}); its test-split audit is chosen/report.html."
         )
+        # reports written before the chosen model's warnings were carried have none
+        section.warnings += [f"chosen model, {w}" for w in chosen.get("warnings", [])]
     else:
         section.warnings.append("No trial passed the policy: nothing was chosen.")
     return section

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from audit.tune_space import load_space, suggest
@@ -75,6 +76,8 @@ def test_a_study_gives_feasible_trials_a_pareto_front_and_a_fully_audited_chosen
     assert report["run"]["config"]["lr"] == pytest.approx(params["lr"])
     assert report["metrics"]["performance.accuracy"] == chosen["test"]["performance.accuracy"]
     assert report["metrics"]["gate.passed"] == 1
+    carried = [f"{section['title']}: {w}" for section in report["sections"] for w in section["warnings"]]
+    assert chosen["warnings"] == carried
     html = (out / "report.html").read_text()
     assert "Hyperparameter search" in html and "<svg" in html and "Pareto front" in html
     assert (
@@ -122,6 +125,16 @@ def test_a_study_with_a_conditional_entry_records_it_only_on_the_trials_that_dre
     assert {row["params"]["fairness"] for row in trials} == {"audit", "reweight"}  # seeded: both drawn
     for row in trials:
         assert ("reweight_strength" in row["params"]) == (row["params"]["fairness"] == "reweight")
+
+
+def test_the_search_report_warns_when_the_chosen_model_predicts_one_class(setup, cli):
+    loans = make_loans()  # labels without signal and 3% positive: every trial predicts "no"
+    loans["defaulted"] = np.where(np.random.default_rng(0).random(len(loans)) < 0.03, "yes", "no")
+    loans.to_csv(setup["data"], index=False)
+    out = setup["dir"] / "tune"
+    assert cli(*tune_args(setup, out, trials=2)).code == 0
+    warnings = json.loads((out / "report.json").read_text())["sections"][0]["warnings"]
+    assert any(w.startswith("chosen model, Performance: ONE-CLASS MODEL") for w in warnings), warnings
 
 
 def test_no_trial_passing_the_policy_exits_1_naming_the_nearest_trials(setup, cli):
